@@ -1,0 +1,151 @@
+"""The ``cvs`` command line. Argument parsing only; every command calls into the library."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _roi_arg(text: str):
+    if text in ("none", "seed"):
+        return text
+    try:
+        box = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--roi must be seed, none or x0,y0,x1,y1; got {text!r}")
+    if len(box) != 4:
+        raise argparse.ArgumentTypeError(f"--roi box needs 4 numbers x0,y0,x1,y1; got {text!r}")
+    return box
+
+
+def cmd_synth(args) -> int:
+    from cvs_core.synth import write_phantom_dataset
+
+    csv_path = write_phantom_dataset(Path(args.out), n=args.n, seed=args.seed, progress=not args.quiet)
+    print(f"wrote {args.n} phantoms and {csv_path}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from cvs_core.imaging import read_image
+    from cvs_core.predict import Predictor
+
+    predictor = Predictor.load(args.model)
+    image = read_image(args.image)
+    result = predictor.predict(image.pixels, roi=args.roi)
+    payload = result.to_json_dict()
+    if args.json:
+        print(json.dumps(payload))
+    else:
+        from cvs_core.landmarks import NAMES
+        print(f"model {payload['model']}  ({payload['ms']:.1f} ms)")
+        for name, (x, y), c in zip(NAMES, payload["landmarks"], payload["confidence"]):
+            print(f"{name:6s} x={x:8.2f} y={y:8.2f} conf={c:.3f}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from cvs_core.train import TrainConfig, train
+
+    if args.config:
+        config = TrainConfig.from_json(Path(args.config).read_text())
+    else:
+        config = TrainConfig(model=args.model, preset=args.preset)
+    overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "csv", "images", "phantoms",
+                                                "seed", "distribute", "val_phantoms")
+                 if getattr(args, k, None) is not None}
+    if overrides:
+        config = config.replace(**overrides)
+    train(config, out_dir=Path(args.out), resume=args.resume, verbose=not args.quiet)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from cvs_core.evaluate import evaluate_command
+
+    return evaluate_command(args)
+
+
+def cmd_stage(args) -> int:
+    from cvs_core.staging import stage_command
+
+    return stage_command(args)
+
+
+def cmd_ensure_models(args) -> int:
+    from cvs_core.registry import ensure_demo_models
+
+    ensure_demo_models(verbose=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cvs", description="CVS Staging Lab: cervical landmarks and CVM staging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="render synthetic cervical-spine phantoms")
+    s.add_argument("--n", type=int, required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("predict", help="find the 19 landmarks on one image")
+    s.add_argument("--model", required=True, help="shipped model name (unet_heatmap, inception_resnet_v2, …) or a model folder")
+    s.add_argument("image")
+    s.add_argument("--roi", type=_roi_arg, default=None, help="seed | none | x0,y0,x1,y1 (default: the model's own)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("train", help="train a model (writes a run folder)")
+    s.add_argument("--model", default="unet_heatmap")
+    s.add_argument("--preset", default="improved", choices=["seed", "improved"])
+    s.add_argument("--config", help="TrainConfig as JSON (overrides --model/--preset)")
+    s.add_argument("--out", required=True, help="run folder")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--batch-size", dest="batch_size", type=int)
+    s.add_argument("--csv", help="study-format CSV of landmarks")
+    s.add_argument("--images", help="image folder for --csv")
+    s.add_argument("--phantoms", type=int, help="number of phantoms generated on the fly")
+    s.add_argument("--val-phantoms", dest="val_phantoms", type=int)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--distribute", choices=["none", "mirrored", "multiworker"])
+    s.add_argument("--resume", action="store_true")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="evaluate models on a labelled dataset")
+    s.add_argument("--model", action="append", required=True)
+    s.add_argument("--csv", required=True)
+    s.add_argument("--images", required=True)
+    s.add_argument("--roi", type=_roi_arg, default=None)
+    s.add_argument("--spacing", type=float, default=0.25, help="mm per ROI pixel (default 0.25, nominal)")
+    s.add_argument("--threshold", type=float, default=2.0, help="PCK threshold in mm (default 2.0)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--no-cache", action="store_true")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("stage", help="CVM stage (CS1–CS6) from landmark CSVs")
+    s.add_argument("--csv", required=True)
+    s.add_argument("--spacing", type=float, default=0.25, help="mm per pixel (default 0.25, nominal)")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_stage)
+
+    s = sub.add_parser("ensure-models", help="check the shipped demo models (build any that are missing)")
+    s.set_defaults(func=cmd_ensure_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
