@@ -1,0 +1,630 @@
+"""Synthetic lateral cervical-spine phantoms with exact landmarks and a known CS stage (DESIGN §7).
+
+Only two labelled real ROI images are public, so models train on phantoms rendered here and must
+then work on real 250×600 ROI crops. A phantom is
+
+* a landmark configuration: a point-distribution model (mean shape + PCA modes after generalised
+  Procrustes alignment) fitted to the 15 real configurations of ``data/samples/*.csv`` (embedded
+  below so the module works without the data folder), followed by a *stage-driven* rebuild of each
+  vertebra in its own frame (concavity depth/chord of the inferior borders of C2, C3, C4; H/W and
+  AH/PH of the C3 and C4 bodies) with a safety margin from every DESIGN §6 threshold;
+* an image rendered around those landmarks: C2 (with the dens), C3–C6 bodies whose outlines pass
+  exactly through the landmarks, cortical rims, trabecular texture, discs, posterior elements, the
+  soft-tissue gradient, the dark airway in front, skull base / ear rod / C1 / mandible at the top,
+  then exposure, gamma, blur and noise.
+
+The stage label of a phantom is the stage it was *generated for* — never the output of
+``cvs_core.staging`` (that would make the stage-agreement benchmark circular).
+
+Conventions: coordinates are ``(x, y)`` float ROI pixels with OpenCV's pixel-centre convention
+(integer ``x`` is the centre of column ``x``); images are ``(height, width) = (600, 250)`` uint8.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from cvs_core.landmarks import N_LANDMARKS, csv_columns
+
+__all__ = [
+    "Phantom",
+    "sample_landmarks",
+    "render_phantom",
+    "generate_phantoms",
+    "write_phantom_dataset",
+    "STAGE_PARAMETER_RANGES",
+    "MEAN_SHAPE",
+    "SHAPE_MODES",
+]
+
+IMAGE_SIZE = (600, 250)  # (height, width) of the study ROI
+
+# --------------------------------------------------------------------------------------------
+# Shape model fitted to the 15 real landmark configurations (data/samples/train_data.csv and
+# test_data.csv, ROI pixels; rows: LC 475-478, 1, 100, 102-105, 107-109, 11, 111).
+# --------------------------------------------------------------------------------------------
+_REAL_CONFIGS = np.array([
+    [149, 332, 178, 328, 204, 334, 149, 350, 177, 354, 202, 361, 150, 369, 207, 380, 146, 390, 179, 392, 208, 402, 149, 404, 175, 416, 198, 428, 144, 429, 201, 445, 139, 452, 169, 454, 199, 461],
+    [90, 335, 124, 335, 158, 336, 88, 353, 119, 362, 155, 371, 88, 383, 158, 393, 86, 409, 121, 411, 156, 415, 79, 430, 114, 438, 148, 449, 82, 460, 158, 472, 80, 487, 116, 489, 155, 493],
+    [105, 377, 130, 374, 167, 384, 117, 386, 146, 400, 168, 416, 110, 409, 169, 434, 106, 436, 143, 442, 166, 456, 105, 446, 132, 474, 160, 488, 99, 471, 154, 505, 87, 495, 116, 508, 146, 524],
+    [147, 389, 167, 386, 208, 396, 152, 406, 184, 414, 208, 425, 154, 429, 213, 443, 152, 451, 183, 454, 213, 462, 156, 464, 187, 481, 211, 493, 157, 491, 215, 507, 156, 514, 182, 517, 213, 525],
+    [163, 337, 190, 334, 221, 333, 163, 352, 194, 362, 217, 369, 167, 382, 223, 383, 168, 405, 199, 403, 226, 399, 169, 414, 195, 424, 217, 437, 167, 442, 227, 453, 168, 467, 198, 472, 229, 472],
+    [62, 332, 98, 336, 131, 340, 65, 354, 97, 367, 129, 373, 67, 381, 133, 390, 64, 404, 100, 405, 134, 407, 63, 421, 96, 434, 128, 442, 63, 446, 129, 462, 61, 470, 95, 472, 128, 481],
+    [116, 348, 152, 359, 187, 370, 110, 372, 146, 384, 177, 400, 105, 398, 181, 421, 101, 422, 139, 430, 180, 440, 96, 438, 130, 454, 169, 468, 92, 469, 171, 486, 92, 492, 131, 497, 172, 507],
+    [115, 370, 147, 371, 183, 376, 120, 392, 149, 396, 180, 401, 119, 415, 184, 418, 119, 435, 153, 437, 188, 439, 119, 457, 151, 463, 182, 467, 117, 477, 186, 486, 118, 496, 152, 500, 184, 504],
+    [108, 382, 137, 380, 171, 396, 110, 401, 140, 407, 172, 410, 110, 431, 175, 436, 112, 461, 143, 456, 176, 470, 112, 477, 146, 485, 177, 490, 115, 506, 179, 513, 114, 532, 144, 528, 179, 542],
+    [151, 359, 189, 351, 216, 355, 154, 376, 189, 380, 218, 385, 157, 397, 222, 402, 157, 420, 190, 417, 224, 419, 160, 434, 191, 447, 220, 455, 158, 457, 221, 470, 156, 478, 192, 483, 221, 488],
+    [80, 340, 112, 338, 144, 356, 82, 350, 109, 363, 140, 374, 75, 386, 142, 407, 64, 421, 98, 421, 134, 441, 64, 431, 97, 444, 128, 457, 62, 461, 124, 487, 52, 493, 88, 496, 114, 514],
+    [133, 312, 159, 319, 196, 327, 134, 333, 165, 342, 192, 347, 131, 360, 193, 370, 126, 386, 160, 386, 193, 397, 131, 396, 158, 414, 184, 420, 123, 422, 183, 445, 117, 449, 146, 449, 178, 471],
+    [127, 316, 159, 321, 182, 335, 125, 335, 152, 347, 186, 357, 121, 361, 188, 384, 118, 390, 149, 397, 178, 412, 120, 400, 144, 415, 174, 428, 110, 429, 170, 461, 100, 460, 132, 466, 159, 484],
+    [110, 438, 141, 435, 172, 446, 107, 458, 140, 465, 170, 476, 104, 485, 176, 506, 104, 522, 142, 527, 171, 536, 108, 536, 140, 558, 172, 564, 104, 572, 168, 594, 102, 607, 127, 611, 150, 627],
+    [124, 395, 158, 388, 205, 404, 122, 412, 161, 418, 200, 425, 127, 452, 210, 455, 126, 485, 169, 479, 211, 489, 129, 498, 172, 508, 213, 510, 131, 532, 219, 542, 133, 568, 180, 565, 233, 590],
+], dtype=np.float64).reshape(-1, N_LANDMARKS, 2)
+
+
+def _align(shape: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Similarity-align a centred ``(19, 2)`` shape onto a centred unit-size ``ref``.
+
+    Returns the aligned shape, the scale applied and the rotation angle (radians) applied."""
+    u, _, vt = np.linalg.svd(shape.T @ ref)
+    r = u @ vt
+    if np.linalg.det(r) < 0:  # no reflections
+        u[:, -1] *= -1
+        r = u @ vt
+    rotated = shape @ r
+    s = float(np.sum(rotated * ref) / np.sum(rotated * rotated))
+    return rotated * s, s, float(np.arctan2(r[0, 1], r[0, 0]))
+
+
+def _fit_shape_model(configs: np.ndarray, n_modes: int = 4):
+    centroids = configs.mean(axis=1)
+    centred = configs - centroids[:, None, :]
+    sizes = np.sqrt((centred ** 2).sum(axis=(1, 2)))
+    shapes = centred / sizes[:, None, None]
+    mean = shapes[0].copy()
+    for _ in range(20):  # generalised Procrustes analysis
+        aligned = np.stack([_align(s, mean)[0] for s in shapes])
+        new_mean = aligned.mean(axis=0)
+        new_mean -= new_mean.mean(axis=0)
+        new_mean /= np.sqrt((new_mean ** 2).sum())
+        if np.abs(new_mean - mean).max() < 1e-12:
+            break
+        mean = new_mean
+    # The ROI has a fixed orientation, so express the mean in the average real orientation.
+    angles = np.array([_align(s, mean)[2] for s in shapes])
+    a = -float(np.mean(angles))
+    rot = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])
+    mean = mean @ rot
+    aligned = np.stack([_align(s, mean)[0] for s in shapes])
+    angles = np.array([_align(s, mean)[2] for s in shapes])
+    flat = (aligned - mean).reshape(len(aligned), -1)
+    _, sv, vt = np.linalg.svd(flat, full_matrices=False)
+    sd = sv / np.sqrt(len(aligned) - 1)
+    return mean, vt[:n_modes].reshape(n_modes, N_LANDMARKS, 2), sd[:n_modes], centroids, sizes, angles
+
+
+MEAN_SHAPE, SHAPE_MODES, SHAPE_SD, _REAL_CENTROIDS, _REAL_SIZES, _REAL_ANGLES = _fit_shape_model(_REAL_CONFIGS)
+"""``MEAN_SHAPE`` (19, 2): Procrustes mean (centred, unit centroid size, average real orientation);
+``SHAPE_MODES`` (4, 19, 2): orthonormal PCA modes; ``SHAPE_SD`` (4,): their standard deviations."""
+
+# --------------------------------------------------------------------------------------------
+# Stage → shape parameters (DESIGN §6 thresholds: concave depth/chord ≥ 0.07; square 0.9–1.1;
+# trapezoid AH/PH < 0.85). Every range keeps a margin from the thresholds.
+# --------------------------------------------------------------------------------------------
+STAGE_PARAMETER_RANGES = {
+    "concave": (0.10, 0.18),        # depth / chord of a concave inferior border
+    "flat": (-0.01, 0.035),         # depth / chord of a flat one
+    "trapezoid_ahph": (0.55, 0.78),
+    "trapezoid_hw": (0.50, 0.80),
+    "rect_ahph": (0.93, 1.04),      # AH/PH of every non-trapezoid body
+    "horizontal_hw": (0.62, 0.84),
+    "square_hw": (0.95, 1.05),
+    "vertical_hw": (1.16, 1.32),
+}
+
+# Concavity of C2, C3, C4 per stage.
+_STAGE_CONCAVITY = {1: (0, 0, 0), 2: (1, 0, 0), 3: (1, 1, 0), 4: (1, 1, 1), 5: (1, 1, 1), 6: (1, 1, 1)}
+
+
+def _stage_bodies(rng: np.random.Generator, stage: int) -> tuple[str, str]:
+    """Body shapes ``(C3, C4)`` for a stage, one of trapezoid/horizontal/square/vertical."""
+    if stage in (1, 2):
+        return "trapezoid", "trapezoid"
+    if stage == 3:
+        pair = [("trapezoid", "trapezoid"), ("horizontal", "trapezoid"), ("trapezoid", "horizontal"),
+                ("horizontal", "horizontal")]
+        return pair[int(rng.choice(4, p=[0.4, 0.3, 0.1, 0.2]))]
+    if stage == 4:
+        return "horizontal", "horizontal"
+    if stage == 5:
+        pair = [("square", "square"), ("square", "horizontal"), ("horizontal", "square")]
+        return pair[int(rng.choice(3, p=[0.5, 0.25, 0.25]))]
+    if stage == 6:
+        pair = [("vertical", "vertical"), ("vertical", "square"), ("square", "vertical")]
+        return pair[int(rng.choice(3, p=[0.5, 0.25, 0.25]))]
+    raise ValueError(f"stage must be 1..6, got {stage}")
+
+
+def _u(rng: np.random.Generator, key: str) -> float:
+    lo, hi = STAGE_PARAMETER_RANGES[key]
+    return float(rng.uniform(lo, hi))
+
+
+def _body_ratios(rng: np.random.Generator, kind: str) -> tuple[float, float]:
+    """``(H/W, AH/PH)`` for a body shape kind."""
+    if kind == "trapezoid":
+        return _u(rng, "trapezoid_hw"), _u(rng, "trapezoid_ahph")
+    return _u(rng, kind + "_hw"), _u(rng, "rect_ahph")
+
+
+def _frame(p0: np.ndarray, p1: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Local frame of a chord p0→p1: unit ``e1`` along it, ``e2`` perpendicular pointing up
+    (towards smaller image y when the chord is horizontal), and the chord length."""
+    d = p1 - p0
+    length = float(np.hypot(*d))
+    e1 = d / length
+    e2 = np.array([e1[1], -e1[0]])
+    return e1, e2, length
+
+
+def _to_image(origin: np.ndarray, e1: np.ndarray, e2: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    uv = np.asarray(uv, dtype=np.float64)
+    return origin + uv[..., :1] * e1 + uv[..., 1:2] * e2
+
+
+def _body_local(rng: np.random.Generator, hw: float, ahph: float, depth: float,
+                u_sp: float, u_sa: float) -> np.ndarray:
+    """One vertebral body in its own frame, chord length 1: (u along ip→ia, v up).
+
+    Returns ``(8, 2)`` points in the order sp, sm, sa, mp, ma, ip, im, ia with exactly
+    ``H/W = hw``, ``AH/PH = ahph`` and inferior ``depth/chord = depth``."""
+    bump = float(rng.uniform(-0.01, 0.025))       # superior border mid-point above the corners' line
+    du_sm = float(rng.uniform(-0.04, 0.04))
+    c_p = float(rng.uniform(0.0, 0.03))            # posterior border slightly concave
+    c_a = float(rng.uniform(0.005, 0.04))          # anterior border concave
+    s = hw
+    for _ in range(30):  # fixed point: posterior height s so that H/W == hw
+        sp = np.array([u_sp, s]); sa = np.array([1.0 + u_sa, ahph * s])
+        mp = np.array([0.5 * u_sp + c_p, 0.5 * s]); ma = np.array([1.0 + 0.5 * u_sa - c_a, 0.5 * ahph * s])
+        w = float(np.hypot(*(ma - mp)))
+        h = 0.5 * (s + ahph * s) + bump
+        s_new = (hw * w - bump) / (0.5 * (1.0 + ahph))
+        if abs(s_new - s) < 1e-12:
+            break
+        s = s_new
+    sp = np.array([u_sp, s]); sa = np.array([1.0 + u_sa, ahph * s])
+    sm = np.array([0.5 * (sp[0] + sa[0]) + du_sm, 0.5 * (sp[1] + sa[1]) + bump])
+    mp = np.array([0.5 * u_sp + c_p, 0.5 * s]); ma = np.array([1.0 + 0.5 * u_sa - c_a, 0.5 * ahph * s])
+    ip = np.array([0.0, 0.0]); ia = np.array([1.0, 0.0])
+    im = np.array([0.5 + float(rng.uniform(-0.06, 0.06)), depth])
+    return np.stack([sp, sm, sa, mp, ma, ip, im, ia])
+
+
+def _sample_layout(rng: np.random.Generator) -> np.ndarray:
+    """A plausible real-like configuration (19, 2) in ROI pixels from the PCA shape model."""
+    for _ in range(50):
+        b = np.clip(rng.standard_normal(len(SHAPE_SD)), -2.0, 2.0) * SHAPE_SD
+        shape = MEAN_SHAPE + np.tensordot(b, SHAPE_MODES, axes=1)
+        size = float(rng.uniform(0.92 * np.median(_REAL_SIZES), 1.12 * np.median(_REAL_SIZES)))
+        a = np.deg2rad(rng.uniform(-8.0, 8.0))
+        rot = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])
+        centre = np.array([rng.uniform(100.0, 180.0), rng.uniform(400.0, 450.0)])
+        pts = shape @ rot * size + centre
+        # The disc gaps (C2→C3 and C3→C4 superior corners below the borders above) must stay open.
+        if pts[3, 1] - pts[0, 1] > 6 and pts[11, 1] - pts[8, 1] > 4 and pts[13, 1] - pts[10, 1] > 4:
+            return pts
+    return MEAN_SHAPE * np.median(_REAL_SIZES) + np.array([140.0, 425.0])
+
+
+def _sample_geometry(rng: np.random.Generator, stage: int) -> dict:
+    """Landmarks plus the per-vertebra frames used by the renderer."""
+    lay = _sample_layout(rng)
+    conc = _STAGE_CONCAVITY[stage]
+    kinds = _stage_bodies(rng, stage)
+    depths = [_u(rng, "concave" if c else "flat") for c in conc]
+    pts = np.zeros((N_LANDMARKS, 2))
+
+    # C2 inferior border: chord from the layout, middle point at the stage's depth.
+    e1, e2, L2 = _frame(lay[0], lay[2])
+    pts[0], pts[2] = lay[0], lay[2]
+    pts[1] = lay[0] + (0.5 + rng.uniform(-0.07, 0.07)) * L2 * e1 + depths[0] * L2 * e2
+    frames = {"C2": (lay[0].copy(), e1, e2, L2)}
+
+    bodies = {}
+    anchor = lay[3]  # C3 sp sits where the layout puts it (keeps the real C2–C3 disc gap)
+    for name, base, kind, depth in (("C3", 3, kinds[0], depths[1]), ("C4", 11, kinds[1], depths[2])):
+        ip, ia, mp, ma, sp, sa = lay[base + 5], lay[base + 7], lay[base + 3], lay[base + 4], lay[base], lay[base + 2]
+        f1, f2, chord = _frame(ip, ia)
+        width = float(np.hypot(*(ma - mp)))
+        u_sp = float(np.clip(np.dot(sp - ip, f1) / chord, -0.12, 0.15))
+        u_sa = float(np.clip(np.dot(sa - ia, f1) / chord, -0.15, 0.12))
+        hw, ahph = _body_ratios(rng, kind)
+        local = _body_local(rng, hw, ahph, depth, u_sp, u_sa)
+        w_local = float(np.hypot(*(local[4] - local[3])))
+        scale = float(np.clip(width, 44.0, 90.0)) / w_local  # chord length in pixels
+        local_px = local * scale
+        origin = anchor - (local_px[0, 0] * f1 + local_px[0, 1] * f2)  # put sp on the anchor
+        img = _to_image(origin, f1, f2, local_px)
+        pts[base:base + 8] = img
+        frames[name] = (origin, f1, f2, scale)
+        bodies[name] = local_px
+        if name == "C3":  # C4's sp keeps the layout's disc offset below C3's ip
+            anchor = img[5] + (lay[11] - lay[8])
+    # Keep the column inside the real range of the ROI (tall CS6 bodies push C4 down).
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    shift = np.zeros(2)
+    for k, (a, b) in enumerate(((35.0, 238.0), (305.0, 560.0))):
+        if lo[k] < a:
+            shift[k] = a - lo[k]
+        elif hi[k] > b:
+            shift[k] = max(b - hi[k], a - lo[k])
+    pts += shift
+    frames = {k: (v[0] + shift, *v[1:]) for k, v in frames.items()}
+    return {"landmarks": pts, "frames": frames, "bodies": bodies, "kinds": kinds, "depths": depths}
+
+
+def sample_landmarks(rng: np.random.Generator, stage: int) -> np.ndarray:
+    """Sample one landmark configuration for a CS stage (1..6).
+
+    Shape model (PCA of the Procrustes-aligned real configurations, ±8° rotation, scale and
+    position in the real range) + stage-driven rebuild of C2/C3/C4 so that the DESIGN §6
+    measurements fall inside :data:`STAGE_PARAMETER_RANGES`.
+
+    Returns ``(19, 2)`` float64 ``(x, y)`` ROI pixels (pixel-centre convention)."""
+    if stage not in _STAGE_CONCAVITY:
+        raise ValueError(f"stage must be 1..6, got {stage}")
+    return _sample_geometry(rng, stage)["landmarks"]
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------
+_SHIFT = 4
+_ONE = 1 << _SHIFT
+
+
+def _ipts(p: np.ndarray) -> np.ndarray:
+    return np.round(np.asarray(p) * _ONE).astype(np.int32).reshape(-1, 1, 2)
+
+
+def _curve3(a: np.ndarray, m: np.ndarray, b: np.ndarray, n: int = 9) -> np.ndarray:
+    """Quadratic curve through a (t=0), m (t=0.5) and b (t=1); ``(n, 2)`` points, ends included."""
+    t = np.linspace(0.0, 1.0, n)[:, None]
+    c = 2.0 * m - 0.5 * (a + b)  # control point so that the curve passes through m at t = 0.5
+    return (1 - t) ** 2 * a + 2 * (1 - t) * t * c + t ** 2 * b
+
+
+def _body_outline(p: np.ndarray) -> np.ndarray:
+    """Closed outline through the 8 body points (sp, sm, sa, mp, ma, ip, im, ia): ``(M, 2)``."""
+    sp, sm, sa, mp, ma, ip, im, ia = p
+    return np.concatenate([
+        _curve3(sp, sm, sa)[:-1],   # superior border, posterior → anterior
+        _curve3(sa, ma, ia)[:-1],   # anterior border, downwards
+        _curve3(ia, im, ip)[:-1],   # inferior border (through the deepest point)
+        _curve3(ip, mp, sp)[:-1],   # posterior border, upwards
+    ])
+
+
+def _lowres_noise(rng: np.random.Generator, shape: tuple[int, int], factor: int) -> np.ndarray:
+    h, w = shape
+    small = rng.standard_normal((h // factor + 2, w // factor + 2), dtype=np.float32)
+    big = cv2.resize(small, None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC)
+    return big[factor:factor + h, factor:factor + w]
+
+
+def _poly(canvas: np.ndarray, pts: np.ndarray, value: int = 255) -> None:
+    cv2.fillPoly(canvas, [_ipts(pts)], value, cv2.LINE_AA, _SHIFT)
+
+
+def _line(canvas: np.ndarray, pts: np.ndarray, value: int, thickness: int, closed: bool) -> None:
+    cv2.polylines(canvas, [_ipts(pts)], closed, value, thickness, cv2.LINE_AA, _SHIFT)
+
+
+def _levels(geo: dict, rng: np.random.Generator) -> list[dict]:
+    """C3–C6 bodies in image px with their frames; C5 and C6 (not landmarked) are stacked below
+    C4, shaped like it, with the same disc offset and a continuing curvature."""
+    lm = geo["landmarks"]
+    out = []
+    for name, base in (("C3", 3), ("C4", 11)):
+        o, f1, f2, L = geo["frames"][name]
+        pts = lm[base:base + 8]
+        out.append(dict(pts=pts, o=pts[5], f1=f1, f2=f2, L=L, h=float(np.dot(pts[0] - pts[5], f2))))
+    _, c3f1, _, _ = geo["frames"]["C3"]
+    c4 = out[1]
+    gap = lm[11] - lm[8]
+    turn = np.arctan2(c4["f1"][1], c4["f1"][0]) - np.arctan2(c3f1[1], c3f1[0])
+    angle = np.arctan2(c4["f1"][1], c4["f1"][0])
+    prev_local = geo["bodies"]["C4"]
+    ip = lm[16]
+    for _ in range(2):
+        angle += turn * rng.uniform(0.3, 1.0) + np.deg2rad(rng.uniform(-2, 2))
+        g1 = np.array([np.cos(angle), np.sin(angle)])
+        g2 = np.array([g1[1], -g1[0]])
+        loc = prev_local * (1.0 + rng.uniform(-0.03, 0.03, size=(8, 2)) * np.array([0.3, 1.0]))
+        loc = loc * rng.uniform(1.0, 1.05)
+        loc[5] = 0.0
+        o = ip + gap - (loc[0, 0] * g1 + loc[0, 1] * g2)
+        img = _to_image(o, g1, g2, loc)
+        L = float(np.hypot(*(img[7] - img[5])))
+        out.append(dict(pts=img, o=img[5], f1=g1, f2=g2, L=L, h=float(loc[0, 1])))
+        ip = img[5]
+        prev_local = loc
+    return out
+
+
+def _c2_outline(geo: dict, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """C2 body + dens polygon (image px) whose inferior border passes through landmarks 1-2-3."""
+    lm = geo["landmarks"]
+    o, e1, e2, L = geo["frames"]["C2"]
+    k = rng.uniform(0.9, 1.05)
+    lean = rng.uniform(-0.02, 0.12)  # the dens leans back (posteriorly) a little
+    bulge = rng.uniform(0.0, 0.08)
+    uv = np.array([
+        [1.04, 0.10], [1.02 + bulge, 0.40], [0.98 + bulge, 0.75], [0.90, 1.02],            # anterior body
+        [0.82 - lean, 1.18], [0.80 - lean, 1.40 * k], [0.76 - 1.4 * lean, 1.62 * k],       # dens front
+        [0.66 - 1.8 * lean, 1.78 * k], [0.50 - 2 * lean, 1.82 * k], [0.34 - 2 * lean, 1.74 * k],  # tip
+        [0.26 - 1.5 * lean, 1.55 * k], [0.24 - lean, 1.32 * k], [0.14 - lean, 1.16],     # dens back
+        [0.02, 1.02], [-0.06, 0.70], [-0.06, 0.35], [-0.02, 0.10],                          # posterior body
+    ])
+    upper = _to_image(o, e1, e2, uv * L)
+    inferior = _curve3(lm[2], lm[1], lm[0])  # anterior → posterior through the deepest point
+    # anterior end (landmark 3) → up the front → dens → down the back → posterior end
+    # (landmark 1) → back along the inferior border through landmark 2
+    outline = np.concatenate([[lm[2]], upper, [lm[0]], inferior[::-1][1:-1]])
+    info = {"tip": _to_image(o, e1, e2, np.array([0.5 - 2 * lean, 1.82 * k]) * L),
+            "dens_front": _to_image(o, e1, e2, np.array([0.80 - lean, 1.5 * k]) * L),
+            "top_front": _to_image(o, e1, e2, np.array([0.9, 1.02]) * L)}
+    return outline, info
+
+
+def _posterior_elements(o, f1, f2, L, h, rng, c2: bool = False):
+    """Articular pillar and lamina + spinous process of one vertebra, in image px.
+
+    Built in the vertebra's frame (u anterior along its inferior chord, v up); the facets slope
+    down posteriorly so consecutive pillars shingle like on a lateral radiograph."""
+    slope = rng.uniform(0.55, 0.85)
+    depth = rng.uniform(0.55, 0.7) * (1.15 if c2 else 1.0)
+    top = (h + 0.04 * L) if not c2 else 1.05 * L
+    T = np.array([-0.04 * L, top])
+    B = np.array([-0.04 * L, -0.04 * L])
+    d = np.array([-depth * L, -slope * depth * L])
+    pillar = np.array([T, T + d, B + d, B])
+    r1 = T + d + np.array([0.0, -0.22 * (top + 0.04 * L)])
+    r2 = B + d + np.array([0.05 * L, 0.12 * (top + 0.04 * L)])
+    length = rng.uniform(0.9, 1.3) * (1.35 if c2 else 1.0) * L
+    drop = rng.uniform(0.25, 0.55)
+    root = 0.5 * (r1 + r2)
+    tip = root + length * np.array([-1.0, -drop]) / np.hypot(1.0, drop)
+    dvec = (tip - root) / np.hypot(*(tip - root))
+    n = np.array([-dvec[1], dvec[0]])
+    w = rng.uniform(0.09, 0.14) * L * (1.6 if c2 else 1.0)
+    spinous = np.array([r1, tip + n * w, tip - dvec * 0.4 * w, tip - n * w * 1.2, r2])
+    to = lambda uv: _to_image(o, f1, f2, uv)
+    return to(pillar), to(spinous), to(tip), w
+
+
+def _smooth_field(rng: np.random.Generator, size: tuple[int, int], draw, sigma: float, factor: int = 4):
+    """Draw with ``draw(canvas, scale)`` on a 1/factor canvas, blur and upsample: a smooth
+    float32 field in [0, 1] at full size (cheap large-sigma blur)."""
+    h, w = size
+    small = np.zeros(((h + factor - 1) // factor, (w + factor - 1) // factor), np.uint8)
+    draw(small, 1.0 / factor)
+    f = cv2.GaussianBlur(small.astype(np.float32) * (1.0 / 255.0), (0, 0), max(sigma / factor, 0.3))
+    return cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _sig(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -30.0, 30.0)))
+
+
+def _render(geo: dict, rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    H, W = size
+    lm = geo["landmarks"]
+    ys = np.arange(H, dtype=np.float32)[:, None]
+    xs = np.arange(W, dtype=np.float32)[None, :]
+
+    # --- geometry ------------------------------------------------------------------------------
+    levels = _levels(geo, rng)
+    c2_poly, c2_info = _c2_outline(geo, rng)
+    ant = np.concatenate([lm[[2]], [lv["pts"][4] for lv in levels]])
+    post = np.concatenate([lm[[0]], [lv["pts"][3] for lv in levels]])
+    ka, ba = np.polyfit(ant[:, 1], ant[:, 0], 1)
+    kp, bp = np.polyfit(post[:, 1], post[:, 0], 1)
+    x_ant = (ka * ys + ba).astype(np.float32)   # (H, 1) anterior column line
+    x_post = (kp * ys + bp).astype(np.float32)
+    tip = c2_info["tip"]
+    yb = float(np.clip(tip[1] + rng.uniform(-10.0, 30.0), 150.0, 320.0))  # skull base bottom
+
+    # --- soft tissue ---------------------------------------------------------------------------
+    far = rng.uniform(0.05, 0.13)
+    near = rng.uniform(0.28, 0.38)
+    ramp = rng.uniform(80.0, 130.0)
+    t = np.clip(1.0 - (x_post - xs) / ramp, 0.0, 1.0)
+    dens = far + (near - far) * t ** 1.5
+    gap = rng.uniform(4.0, 18.0)
+    width = rng.uniform(22.0, 60.0)
+    da = xs - x_ant - gap
+    air_top = np.clip((ys - (yb - rng.uniform(20.0, 80.0))) / 60.0, 0.0, 1.0)
+    airway = _sig(da / 2.0) * _sig((width - da) / rng.uniform(3.0, 8.0)) * air_top
+    front = rng.uniform(-0.05, 0.20) * _sig((da - width) / 6.0)
+    dens = dens - rng.uniform(0.16, 0.26) * airway + front
+    dens += 0.04 * _lowres_noise(rng, size, 40)
+
+    # --- bones (uint8 masks drawn antialiased at 1/16 px) -------------------------------------
+    body = np.zeros(size, np.uint8)
+    rim = np.zeros(size, np.uint8)
+    postel = np.zeros(size, np.uint8)
+    postrim = np.zeros(size, np.uint8)
+    _poly(body, c2_poly, 255)
+    _line(rim, c2_poly, 170, 2, True)
+    for lv in levels:
+        p = lv["pts"]
+        outline = _body_outline(p)
+        _poly(body, outline)
+        _line(rim, outline, 200, 2, True)
+        _line(rim, _curve3(p[0], p[1], p[2]), 255, 2, False)     # endplates are brightest
+        _line(rim, _curve3(p[7], p[6], p[5]), 255, 2, False)
+        _line(rim, _curve3(p[5], p[3], p[0]), 255, 1, False)     # posterior wall
+    _line(rim, _curve3(lm[2], lm[1], lm[0]), 255, 2, False)
+    o2, e1, e2, L2 = geo["frames"]["C2"]
+    elements = [(o2, e1, e2, L2, 1.0 * L2, True)] + [(lv["o"], lv["f1"], lv["f2"], lv["L"], lv["h"], False)
+                                                        for lv in levels]
+    for o, f1, f2, L, h, is_c2 in elements:
+        pillar, spinous, sp_tip, w = _posterior_elements(o, f1, f2, L, h, rng, c2=is_c2)
+        _poly(postel, pillar, 140)
+        _line(postrim, pillar, 150, 1, True)
+        _poly(postel, spinous, 110)
+        _line(postrim, spinous, 200, 2, True)
+        cv2.circle(postel, tuple(int(v) for v in np.round(sp_tip * _ONE)), int(w * _ONE), 170, -1,
+                   cv2.LINE_AA, _SHIFT)
+
+    tex = _lowres_noise(rng, size, 2) * 0.5 + _lowres_noise(rng, size, 5) * 0.5
+    bodyf = body.astype(np.float32) * (1.0 / 255.0)
+    rimf = rim.astype(np.float32) * (1.0 / 255.0)
+    shell = cv2.GaussianBlur(rimf, (0, 0), 2.5)
+    postf = postel.astype(np.float32) * (1.0 / 255.0)
+    postrimf = postrim.astype(np.float32) * (1.0 / 255.0)
+    dens += bodyf * (rng.uniform(0.07, 0.13) + 0.05 * tex) + rimf * rng.uniform(0.08, 0.15)
+    dens += shell * rng.uniform(0.05, 0.12)
+    dens += postf * (rng.uniform(0.10, 0.16) + 0.04 * tex) + postrimf * rng.uniform(0.04, 0.09)
+
+    # --- top of the ROI: skull base, C1, mandible, ear rod -------------------------------------
+    xb = np.linspace(-20, W + 20, 10)
+    yb_curve = yb + rng.uniform(-18, 18, xb.size)
+    yb_curve -= np.clip((xb - tip[0] - 20) / 60.0, 0.0, None) * rng.uniform(20, 70)  # recedes in front
+    yb_curve[:3] -= rng.uniform(-10, 40)
+    skull_pts = np.concatenate([[[-20, -20], [W + 20, -20]], np.stack([xb, yb_curve], 1)[::-1]])
+    c1_centre = tip + np.array([rng.uniform(-25, 0), rng.uniform(-5, 15)])
+    c1_axes = np.array([rng.uniform(30, 45), rng.uniform(18, 28)])
+
+    def draw_skull(canvas, s):
+        _poly(canvas, skull_pts * s, 255)
+        cv2.ellipse(canvas, tuple(int(v) for v in np.round(c1_centre * s * _ONE)),
+                    tuple(int(v) for v in np.round(c1_axes * s * _ONE)), rng.uniform(-20, 20), 0, 360,
+                    200, -1, cv2.LINE_AA, _SHIFT)
+
+    skull = _smooth_field(rng, size, draw_skull, rng.uniform(10.0, 20.0))
+    mott = _lowres_noise(rng, size, 14) * 0.6 + _lowres_noise(rng, size, 6) * 0.4
+    dens += skull * (rng.uniform(0.38, 0.52) + 0.06 * mott + 0.03 * tex)
+
+    marks = np.zeros(size, np.uint8)
+    for _ in range(int(rng.integers(4, 9))):  # occipital / petrous / condyle outlines
+        c = (int(rng.uniform(0, W) * _ONE), int(rng.uniform(0, yb) * _ONE))
+        ax = (int(rng.uniform(20, 90) * _ONE), int(rng.uniform(10, 50) * _ONE))
+        a0 = rng.uniform(0, 360)
+        cv2.ellipse(marks, c, ax, rng.uniform(0, 180), a0, a0 + rng.uniform(50, 160), 120, 2, cv2.LINE_AA, _SHIFT)
+    df = c2_info["dens_front"]  # C1 anterior arch in front of the dens
+    c1a = (int((df[0] + rng.uniform(8, 15)) * _ONE), int((df[1] - rng.uniform(0, 15)) * _ONE))
+    c1ax = (int(rng.uniform(6, 9) * _ONE), int(rng.uniform(9, 14) * _ONE))
+    cv2.ellipse(marks, c1a, c1ax, rng.uniform(-15, 15), 0, 360, 150, -1, cv2.LINE_AA, _SHIFT)
+    cv2.ellipse(marks, c1a, c1ax, 0, 0, 360, 255, 2, cv2.LINE_AA, _SHIFT)
+    px = float(lm[0, 0] - 0.3 * L2)  # C1 posterior arch: a hooked bar below the skull base
+    ay = yb + rng.uniform(25, 50)
+    arch = np.array([[px, ay - 10], [px - 40, ay - 12], [22, ay - 16], [12, ay - 6], [16, ay + 6],
+                     [px - 45, ay + 8], [px, ay + 12]])
+    _poly(marks, arch, 140)
+    _line(marks, arch, 230, 2, True)
+    dens += marks.astype(np.float32) * (rng.uniform(0.14, 0.22) / 255.0)
+    for cy, ry in ((yb + rng.uniform(0, 12), rng.uniform(14, 22)), (ay + rng.uniform(28, 40), rng.uniform(12, 20))):
+        gx = (xs - rng.uniform(45, 75)) / rng.uniform(30, 50)
+        gy = (ys - cy) / ry
+        dens -= rng.uniform(0.08, 0.16) * np.exp(-(gx * gx + gy * gy))  # suboccipital dark gaps
+    cells = np.zeros(size, np.uint8)
+    for _ in range(int(rng.integers(6, 16))):  # mastoid air cells
+        c = (int(rng.uniform(15, 120) * _ONE), int(rng.uniform(10, max(yb - 60, 40)) * _ONE))
+        cv2.circle(cells, c, int(rng.uniform(3, 7) * _ONE), 255, -1, cv2.LINE_AA, _SHIFT)
+    dens -= cv2.GaussianBlur(cells, (0, 0), 1.5).astype(np.float32) * (rng.uniform(0.03, 0.07) / 255.0)
+    if rng.random() < 0.8:  # mandibular ramus / angle in the upper right
+        mand = np.zeros(size, np.uint8)
+        x0 = rng.uniform(190, 245)
+        yy = np.linspace(-10, rng.uniform(150, 330), 8)
+        xx = x0 + rng.uniform(-30, 30) * ((yy - yy[0]) / (yy[-1] - yy[0])) ** 2 + rng.uniform(-3, 3, 8)
+        edge = np.stack([xx, yy], 1)
+        _poly(mand, np.concatenate([[[W + 20, -10]], edge, [[W + 20, yy[-1] + 30]]]), 150)
+        _line(mand, edge, 255, 2, False)
+        dens += mand.astype(np.float32) * (rng.uniform(0.05, 0.12) / 255.0)
+    rod = np.zeros(size, np.uint8)  # ear rod of the cephalostat
+    rc = (int(rng.uniform(130, 160) * _ONE), int(rng.uniform(115, 150) * _ONE))
+    cv2.circle(rod, rc, int(rng.uniform(6, 9) * _ONE), 255, -1, cv2.LINE_AA, _SHIFT)
+    dens += rod.astype(np.float32) * (0.9 / 255.0)
+    if rng.random() < 0.85:  # bright edge of the cassette/collimator on the far left
+        dens += 1.0 * _sig((rng.uniform(5.0, 14.0) - xs) / rng.uniform(1.0, 2.5))
+
+    # --- imaging chain -------------------------------------------------------------------------
+    dens = cv2.GaussianBlur(dens, (0, 0), rng.uniform(0.7, 1.4))
+    dens += rng.uniform(-0.06, 0.06) * (ys / H - 0.5)
+    gain = rng.uniform(0.9, 1.15)
+    bias = rng.uniform(-0.04, 0.04)
+    gamma = rng.uniform(0.8, 1.2)
+    img = np.clip(dens * gain + bias, 0.0, 1.0) ** gamma * 255.0
+    img += rng.standard_normal(size, dtype=np.float32) * rng.uniform(1.5, 4.5)
+    img += _lowres_noise(rng, size, 2) * rng.uniform(0.0, 3.0)
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+
+@dataclass
+class Phantom:
+    """One synthetic ROI with its ground truth.
+
+    image: ``(600, 250)`` uint8 grey ROI; landmarks: ``(19, 2)`` float64 ``(x, y)`` ROI pixels
+    (pixel-centre convention); stage: the CS stage 1..6 it was *generated for*; seed: its seed."""
+
+    image: np.ndarray
+    landmarks: np.ndarray
+    stage: int
+    seed: int
+
+
+def render_phantom(seed: int, stage: int | None = None, size: tuple[int, int] = IMAGE_SIZE) -> Phantom:
+    """Render one phantom, deterministic for ``seed`` (and ``stage``).
+
+    ``stage=None`` draws it uniformly from 1..6 with the seed. ``size`` is ``(height, width)``;
+    landmarks are laid out for the 600×250 ROI."""
+    rng = np.random.default_rng(seed)
+    if stage is None:
+        stage = int(rng.integers(1, 7))
+    geo = _sample_geometry(rng, int(stage))
+    image = _render(geo, rng, tuple(size))
+    return Phantom(image=image, landmarks=geo["landmarks"], stage=int(stage), seed=int(seed))
+
+
+def _derived_seed(seed: int, i: int) -> int:
+    return int(np.random.SeedSequence([int(seed), int(i)]).generate_state(1, dtype=np.uint32)[0])
+
+
+def generate_phantoms(n: int, seed: int) -> Iterator[Phantom]:
+    """Yield ``n`` phantoms; phantom ``i`` uses a seed derived from ``(seed, i)`` and stage
+    ``i % 6 + 1`` (balanced: all six stages appear for ``n ≥ 6``)."""
+    for i in range(int(n)):
+        yield render_phantom(_derived_seed(seed, i), stage=i % 6 + 1)
+
+
+def write_phantom_dataset(out_dir: Path, n: int, seed: int, progress: bool = False) -> Path:
+    """Write ``out_dir/images/phantom_00000.png …`` and ``out_dir/labels.csv`` (study format
+    ``image_name,1_x,…,19_y`` with 3-decimal coordinates plus ``cs_stage``). Byte-identical for
+    the same seed. Returns the CSV path."""
+    out_dir = Path(out_dir)
+    img_dir = out_dir / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    lines = [",".join(["image_name", *csv_columns(), "cs_stage"])]
+    for i, ph in enumerate(generate_phantoms(n, seed)):
+        name = f"phantom_{i:05d}.png"
+        if not cv2.imwrite(str(img_dir / name), ph.image):
+            raise OSError(f"could not write {img_dir / name}")
+        coords = ",".join(f"{v:.3f}" for v in ph.landmarks.reshape(-1))
+        lines.append(f"{name},{coords},{ph.stage}")
+        if progress:
+            done = i + 1
+            bar = "#" * (30 * done // max(n, 1))
+            sys.stderr.write(f"\rphantoms [{bar:<30}] {done}/{n}")
+            sys.stderr.flush()
+    if progress:
+        sys.stderr.write("\n")
+    csv_path = out_dir / "labels.csv"
+    csv_path.write_text("\n".join(lines) + "\n", encoding="utf-8", newline="\n")
+    return csv_path
