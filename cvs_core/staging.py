@@ -1,0 +1,478 @@
+"""CVM stage (CS1–CS6) from the 19 cervical landmarks (DESIGN §6; McNamara & Franchi 2018).
+
+Geometry
+--------
+Every vertebra is measured in its own frame: the x axis runs along its inferior chord (posterior
+end → anterior end) and the "up" axis is the chord's normal pointing *towards the vertebral body*.
+All measurements are ratios or distances in that frame, so the stage does not change when the
+whole landmark set is rotated, translated or scaled (pixel/mm distances scale, their ratios do
+not). "Towards the body" is decided from the landmarks themselves — for C3/C4 the side where their
+superior points lie, for C2 the side away from C3 — so a mirrored image (patient facing left)
+stages the same too. In an upright image with y growing downwards this is simply "above".
+
+* **Concavity** of an inferior border (C2 1-2-3, C3 9-10-11, C4 17-18-19): depth = signed distance
+  of the middle point from the chord, positive when it lies above the chord (towards the body:
+  a concave border); ratio = depth / chord length. Present when ratio ≥ ``concavity_ratio``
+  (0.07) or, in ``concavity_mode="absolute"``, depth ≥ ``concavity_abs_mm`` (1.0 mm; needs the
+  pixel spacing).
+* **Body** of C3 / C4: AH, PH, H = signed distances of the superior anterior corner (6 / 14),
+  superior posterior corner (4 / 12) and superior middle point (5 / 13) from the inferior chord's
+  line (positive towards the body; equal to the plain distance for any real vertebra);
+  W = |mp − ma| (7–8 / 15–16).
+* **Shape class**, in this order of precedence:
+  1. "trapezoid" if AH / PH < ``trapezoid_ratio`` (0.85) — the superior border slopes down from
+     posterior to anterior;
+  2. otherwise by H / W: "rectangular vertical" if > ``square_high`` (1.1), "square" if within
+     [``square_low``, ``square_high``] (inclusive), "rectangular horizontal" if < ``square_low``.
+  Trapezoid takes precedence over every H/W class, not only over horizontal (DESIGN: horizontal
+  means "< 0.9 and not trapezoid"). A tall body can be wedge-shaped too (AH/PH < 0.85 with
+  H/W ≥ 0.9); the slope of the superior border is the immaturity sign the CS table separates on,
+  and the H/W classes describe bodies with a level superior border, so such a body is classed
+  trapezoid and the confidence note flags it ("wedge-shaped but tall").
+
+Stage table (DESIGN §6): concavity C2/C3/C4 and body shapes of C3 and C4 →
+
+=====  ===============  =============================================================
+CS1    no / no / no     both trapezoid
+CS2    yes / no / no    both trapezoid
+CS3    yes / yes / no   each trapezoid or rectangular horizontal
+CS4    yes / yes / yes  both rectangular horizontal
+CS5    yes / yes / yes  at least one square, the other square or rect. horizontal
+CS6    yes / yes / yes  at least one rect. vertical, the other vertical or square
+=====  ===============  =============================================================
+
+The rows are mutually exclusive, so at most one fits. When none fits, the **nearest stage** is the
+one with the fewest mismatched criteria (5 per stage: three concavity flags and the two body
+shapes; for CS5/CS6 the better of the two "which one is square / vertical" assignments), ties
+broken by the smaller summed distance of the measured values from the thresholds that would have
+to move (relative: |ratio − 0.07| / 0.07 for a concavity flag; for a shape, how far AH/PH and H/W
+lie outside the wanted class, each divided by its cut-off), then by the lower stage. The failed
+rules of that stage are named in ``failed_rule``.
+
+Never use this module to label phantoms: a phantom's stage is the stage it was generated for
+(DESIGN §7), otherwise the stage-agreement check would be circular.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from cvs_core.landmarks import C2_INFERIOR, N_LANDMARKS, VERTEBRA_POINTS
+
+CAVEAT = ("An estimate from landmark geometry; read it with the patient's age and sex — human raters "
+          "agree on the CS stage less than half the time.")
+
+GROWTH = {
+    1: "prepubertal; mandibular growth peak ≈ 2 years away",
+    2: "prepubertal; peak ≈ 1 year away",
+    3: "circumpubertal; peak within the next year",
+    4: "circumpubertal; peak 1–2 years ago",
+    5: "postpubertal; peak ended ≥ 1 year ago",
+    6: "postpubertal; peak ended ≥ 2 years ago",
+}
+
+TRAPEZOID = "trapezoid"
+HORIZONTAL = "rectangular horizontal"
+SQUARE = "square"
+VERTICAL = "rectangular vertical"
+SHAPES = (TRAPEZOID, HORIZONTAL, SQUARE, VERTICAL)
+SHORT = {TRAPEZOID: "trapezoid", HORIZONTAL: "rect. horizontal", SQUARE: "square", VERTICAL: "rect. vertical"}
+
+T, H, S, V = TRAPEZOID, HORIZONTAL, SQUARE, VERTICAL
+# stage → (concavity C2, C3, C4), options of (allowed C3 shapes, allowed C4 shapes)
+STAGE_TABLE: dict[int, tuple[tuple[bool, bool, bool], list[tuple[frozenset, frozenset]]]] = {
+    1: ((False, False, False), [(frozenset({T}), frozenset({T}))]),
+    2: ((True, False, False), [(frozenset({T}), frozenset({T}))]),
+    3: ((True, True, False), [(frozenset({T, H}), frozenset({T, H}))]),
+    4: ((True, True, True), [(frozenset({H}), frozenset({H}))]),
+    5: ((True, True, True), [(frozenset({S}), frozenset({S, H})), (frozenset({S, H}), frozenset({S}))]),
+    6: ((True, True, True), [(frozenset({V}), frozenset({V, S})), (frozenset({V, S}), frozenset({V}))]),
+}
+del T, H, S, V
+
+VERTEBRAE = ("C2", "C3", "C4")
+BORDERLINE_MARGIN = 0.10  # a measurement within 10 % of its cut-off makes an exact fit "borderline"
+
+
+@dataclass
+class StagingConfig:
+    """Every staging threshold (DESIGN §6; the trapezoid cut-off is an engineering default).
+
+    concavity_ratio : depth / chord at or above which an inferior border is concave.
+    concavity_mode : "ratio" (scale-free, default) or "absolute" (depth ≥ ``concavity_abs_mm``;
+        needs the pixel spacing).
+    concavity_abs_mm : the absolute depth cut-off in mm.
+    square_low, square_high : H/W range (inclusive) of a square body.
+    trapezoid_ratio : AH/PH below which a body is a trapezoid.
+    """
+
+    concavity_ratio: float = 0.07
+    concavity_mode: str = "ratio"
+    concavity_abs_mm: float = 1.0
+    square_low: float = 0.9
+    square_high: float = 1.1
+    trapezoid_ratio: float = 0.85
+
+    def __post_init__(self):
+        if self.concavity_mode not in ("ratio", "absolute"):
+            raise ValueError(f"concavity_mode must be 'ratio' or 'absolute', got {self.concavity_mode!r}")
+        if not 0 < self.square_low <= self.square_high:
+            raise ValueError(f"need 0 < square_low <= square_high, got {self.square_low}, {self.square_high}")
+        for name in ("concavity_ratio", "concavity_abs_mm", "trapezoid_ratio"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
+
+@dataclass
+class StageResult:
+    """The stage of one landmark set with everything needed to show why.
+
+    stage : 1..6; label : "CS1".."CS6".
+    exact : True when the measured pattern fits that table row; False → nearest stage.
+    confidence_level : "high" (exact, nothing near a cut-off), "borderline" (exact, but a
+        measurement lies within 10 % of its cut-off) or "low" (no row fits).
+    confidence : a one-line note explaining the level.
+    failed_rule : the rule(s) of the chosen stage that the measurements break (None when exact).
+    rationale : one line, e.g. "C2 concave (0.12), C3 concave (0.09), C4 flat (0.02); C3
+        trapezoid, C4 rect. horizontal → CS3".
+    growth : what the stage means for growth (DESIGN §6 table).
+    caveat : :data:`CAVEAT`, always shown with the stage.
+    measurements : flat dict of floats (None where not available, e.g. mm without spacing).
+    shapes : {"C3": shape, "C4": shape}; concavity : {"C2": bool, "C3": bool, "C4": bool}.
+    mismatches : {"CS1": n, …} number of failed criteria per stage (0 for the exact one).
+    """
+
+    stage: int
+    label: str
+    exact: bool
+    confidence_level: str
+    confidence: str
+    failed_rule: str | None
+    rationale: str
+    growth: str
+    caveat: str
+    measurements: dict
+    shapes: dict
+    concavity: dict
+    mismatches: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable dict."""
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- geometry
+def _frame(p: np.ndarray, a: np.ndarray, towards: np.ndarray | None, away: np.ndarray | None):
+    """Unit chord direction and unit normal pointing towards the body (see module notes)."""
+    d = a - p
+    chord = float(np.hypot(*d))
+    if not chord > 0:
+        raise ValueError("degenerate inferior border: its two ends coincide")
+    u = d / chord
+    n = np.array([u[1], -u[0]])  # "up" for an upright image with y down and x anterior
+    side = 0.0
+    if towards is not None:
+        side = float(np.dot(towards - p, n))
+    elif away is not None:
+        side = -float(np.dot(away - p, n))
+    if side < 0:
+        n = -n
+    return u, n, chord
+
+
+def _pt(lm: np.ndarray, index1: int) -> np.ndarray:
+    return lm[index1 - 1]
+
+
+def measure(landmarks, spacing_mm: float | None = None) -> dict:
+    """Raw measurements of one landmark set (see the module docstring for definitions).
+
+    landmarks : (19, 2) (x, y) pixels. spacing_mm : mm per pixel or None.
+
+    Returns a flat dict of floats: ``{v}_depth_px``, ``{v}_chord_px``, ``{v}_concavity``
+    (depth / chord), ``{v}_depth_mm`` for v in c2, c3, c4; ``{v}_ah_px``, ``{v}_ph_px``,
+    ``{v}_h_px``, ``{v}_w_px``, ``{v}_h_w``, ``{v}_ah_ph``, ``{v}_h_mm``, ``{v}_w_mm`` for v in
+    c3, c4 (mm values None without spacing).
+    """
+    lm = np.asarray(landmarks, dtype=np.float64)
+    if lm.shape != (N_LANDMARKS, 2):
+        raise ValueError(f"landmarks must be shaped ({N_LANDMARKS}, 2), got {lm.shape}")
+    if not np.isfinite(lm).all():
+        missing = sorted({int(i) + 1 for i in np.argwhere(~np.isfinite(lm))[:, 0]})
+        raise ValueError(f"cannot stage: landmark(s) {missing} missing (NaN)")
+    if spacing_mm is not None and not (math.isfinite(spacing_mm) and spacing_mm > 0):
+        raise ValueError(f"pixel spacing must be > 0 mm/px, got {spacing_mm:g}")
+
+    def mm(v):
+        return None if spacing_mm is None else v * spacing_mm
+
+    out: dict[str, float | None] = {}
+    c3 = VERTEBRA_POINTS["C3"]
+    c3_body = np.mean([_pt(lm, c3[k]) for k in ("sp", "sm", "sa", "mp", "ma")], axis=0)
+    borders = {
+        "c2": (C2_INFERIOR, None, c3_body),
+    }
+    for v in ("C3", "C4"):
+        idx = VERTEBRA_POINTS[v]
+        superior = np.mean([_pt(lm, idx[k]) for k in ("sp", "sm", "sa")], axis=0)
+        borders[v.lower()] = ((idx["ip"], idx["im"], idx["ia"]), superior, None)
+
+    for key, ((ip, im, ia), towards, away) in borders.items():
+        p, m, a = _pt(lm, ip), _pt(lm, im), _pt(lm, ia)
+        _u, n, chord = _frame(p, a, towards, away)
+        depth = float(np.dot(m - p, n))
+        out[f"{key}_depth_px"] = depth
+        out[f"{key}_chord_px"] = chord
+        out[f"{key}_concavity"] = depth / chord
+        out[f"{key}_depth_mm"] = mm(depth)
+        if key == "c2":
+            continue
+        idx = VERTEBRA_POINTS[key.upper()]
+        ah = float(np.dot(_pt(lm, idx["sa"]) - p, n))
+        ph = float(np.dot(_pt(lm, idx["sp"]) - p, n))
+        h = float(np.dot(_pt(lm, idx["sm"]) - p, n))
+        w = float(np.hypot(*(_pt(lm, idx["ma"]) - _pt(lm, idx["mp"]))))
+        out[f"{key}_ah_px"] = ah
+        out[f"{key}_ph_px"] = ph
+        out[f"{key}_h_px"] = h
+        out[f"{key}_w_px"] = w
+        out[f"{key}_h_w"] = h / w if w > 0 else math.inf
+        out[f"{key}_ah_ph"] = ah / ph if ph > 0 else math.inf
+        out[f"{key}_h_mm"] = mm(h)
+        out[f"{key}_w_mm"] = mm(w)
+    return out
+
+
+def classify_shape(ah_ph: float, h_w: float, config: StagingConfig = StagingConfig()) -> str:
+    """Body shape class from AH/PH and H/W; trapezoid takes precedence (module docstring)."""
+    if ah_ph < config.trapezoid_ratio:
+        return TRAPEZOID
+    if h_w > config.square_high:
+        return VERTICAL
+    if h_w >= config.square_low:
+        return SQUARE
+    return HORIZONTAL
+
+
+def _shape_distance(ah_ph: float, h_w: float, target: str, cfg: StagingConfig) -> float:
+    """How far (relative to the cut-offs) the measured ratios lie outside ``target``'s region."""
+    tr, lo, hi = cfg.trapezoid_ratio, cfg.square_low, cfg.square_high
+    if target == TRAPEZOID:
+        return max(0.0, ah_ph - tr) / tr
+    d = max(0.0, tr - ah_ph) / tr
+    if target == HORIZONTAL:
+        return d + max(0.0, h_w - lo) / lo
+    if target == SQUARE:
+        return d + max(0.0, lo - h_w) / lo + max(0.0, h_w - hi) / hi
+    return d + max(0.0, hi - h_w) / hi  # VERTICAL
+
+
+# ----------------------------------------------------------------------------- staging
+def _check_mode(config: StagingConfig, spacing_mm) -> None:
+    if config.concavity_mode == "absolute" and spacing_mm is None:
+        raise ValueError("concavity_mode='absolute' compares depths in mm and needs the pixel spacing "
+                         "(spacing_mm); pass it or use concavity_mode='ratio'")
+
+
+def _concavity_value(meas: dict, key: str, cfg: StagingConfig, digits: int = 2) -> tuple[float, float, str]:
+    """(measured value, cut-off, display) for one border's concavity test."""
+    if cfg.concavity_mode == "absolute":
+        v = meas[f"{key}_depth_mm"]
+        return v, cfg.concavity_abs_mm, f"{v:.{digits - 1}f} mm"
+    v = meas[f"{key}_concavity"]
+    return v, cfg.concavity_ratio, f"{v:.{digits}f}"
+
+
+def _names(allowed: frozenset) -> str:
+    return " or ".join(SHORT[s] for s in SHAPES if s in allowed)
+
+
+def _score_stage(stage: int, flags: dict, shapes: dict, meas: dict, cfg: StagingConfig):
+    """(mismatches, distance, failed-rule texts) of one stage row against the measurements."""
+    want_flags, options = STAGE_TABLE[stage]
+    n_bad, dist, failed = 0, 0.0, []
+    for v, want in zip(VERTEBRAE, want_flags):
+        if flags[v] != want:
+            value, cut, shown = _concavity_value(meas, v.lower(), cfg, digits=3)
+            n_bad += 1
+            dist += abs(value - cut) / cut
+            failed.append(f"{v} {'concave' if want else 'flat'} (measured {shown}, cut-off {cut:g})")
+    best = None
+    for allowed3, allowed4 in options:
+        o_bad, o_dist, o_failed = 0, 0.0, []
+        for v, allowed in (("C3", allowed3), ("C4", allowed4)):
+            if shapes[v] in allowed:
+                continue
+            k = v.lower()
+            ah_ph, h_w = meas[f"{k}_ah_ph"], meas[f"{k}_h_w"]
+            o_bad += 1
+            o_dist += min(_shape_distance(ah_ph, h_w, s, cfg) for s in allowed)
+            o_failed.append(f"{v} {_names(allowed)} (is {SHORT[shapes[v]]}: AH/PH {ah_ph:.2f}, H/W {h_w:.2f})")
+        if best is None or (o_bad, o_dist) < (best[0], best[1]):
+            best = (o_bad, o_dist, o_failed)
+    return n_bad + best[0], dist + best[1], failed + best[2]
+
+
+def _borderline_notes(flags, shapes, meas, cfg) -> list[str]:
+    notes = []
+    for v in VERTEBRAE:
+        value, cut, shown = _concavity_value(meas, v.lower(), cfg, digits=3)
+        if abs(value - cut) <= BORDERLINE_MARGIN * cut:
+            notes.append(f"{v} concavity {shown} is near its {cut:g} cut-off")
+    for v in ("C3", "C4"):
+        k = v.lower()
+        ah_ph, h_w = meas[f"{k}_ah_ph"], meas[f"{k}_h_w"]
+        if abs(ah_ph - cfg.trapezoid_ratio) <= BORDERLINE_MARGIN * cfg.trapezoid_ratio:
+            notes.append(f"{v} AH/PH {ah_ph:.2f} is near the {cfg.trapezoid_ratio:g} trapezoid cut-off")
+        if shapes[v] != TRAPEZOID:
+            for cut in (cfg.square_low, cfg.square_high):
+                if abs(h_w - cut) <= 0.5 * BORDERLINE_MARGIN * cut:
+                    notes.append(f"{v} H/W {h_w:.2f} is near the {cut:g} cut-off")
+        elif h_w >= cfg.square_low:
+            notes.append(f"{v} is wedge-shaped but tall (H/W {h_w:.2f}); classed trapezoid")
+    return notes
+
+
+def stage_landmarks(landmarks, spacing_mm: float | None = None,
+                    config: StagingConfig | None = None) -> StageResult:
+    """CVM stage of one landmark set.
+
+    landmarks : (19, 2) (x, y) pixels, in any frame (rotation, translation and scale do not
+        matter in the default ratio mode). spacing_mm : mm per pixel; adds mm measurements and is
+        required by ``concavity_mode="absolute"``. config : thresholds (:class:`StagingConfig`).
+
+    Returns a :class:`StageResult`. Raises ValueError for a wrong shape, missing (NaN) landmarks,
+    a non-positive spacing, or absolute mode without spacing.
+    """
+    cfg = config or StagingConfig()
+    _check_mode(cfg, spacing_mm)
+    meas = measure(landmarks, spacing_mm)
+
+    flags = {}
+    for v in VERTEBRAE:
+        value, cut, _ = _concavity_value(meas, v.lower(), cfg)
+        flags[v] = bool(value >= cut)
+    shapes = {v: classify_shape(meas[f"{v.lower()}_ah_ph"], meas[f"{v.lower()}_h_w"], cfg) for v in ("C3", "C4")}
+
+    scores = {s: _score_stage(s, flags, shapes, meas, cfg) for s in STAGE_TABLE}
+    ranked = sorted(STAGE_TABLE, key=lambda s: (scores[s][0], scores[s][1], s))
+    stage = ranked[0]
+    n_bad, _dist, failed = scores[stage]
+    exact = n_bad == 0
+
+    if exact:
+        notes = _borderline_notes(flags, shapes, meas, cfg)
+        level = "borderline" if notes else "high"
+        confidence = (f"fits the CS{stage} row exactly" + ("; borderline: " + "; ".join(notes) if notes
+                                                            else "; no measurement near a cut-off"))
+        failed_rule = None
+    else:
+        runner = ranked[1]
+        level = "low"
+        confidence = (f"no row fits exactly; CS{stage} is nearest ({n_bad} criterion{'s' if n_bad > 1 else ''} off), "
+                      f"next CS{runner} ({scores[runner][0]} off)")
+        failed_rule = f"CS{stage} needs " + "; ".join(failed)
+
+    conc_text = ", ".join(f"{v} {'concave' if flags[v] else 'flat'} ({_concavity_value(meas, v.lower(), cfg)[2]})"
+                          for v in VERTEBRAE)
+    shape_text = f"C3 {SHORT[shapes['C3']]}, C4 {SHORT[shapes['C4']]}"
+    rationale = f"{conc_text}; {shape_text} → CS{stage}" + ("" if exact else " (nearest)")
+
+    return StageResult(
+        stage=stage, label=f"CS{stage}", exact=exact, confidence_level=level, confidence=confidence,
+        failed_rule=failed_rule, rationale=rationale, growth=GROWTH[stage], caveat=CAVEAT,
+        measurements=meas, shapes=shapes, concavity=flags,
+        mismatches={f"CS{s}": scores[s][0] for s in STAGE_TABLE},
+    )
+
+
+def stage_many(landmarks, spacing_mm=None, config: StagingConfig | None = None) -> list[StageResult]:
+    """Stage every set: landmarks (N, 19, 2); spacing_mm None, a scalar or (N,) → N results."""
+    lms = np.asarray(landmarks, dtype=np.float64)
+    if lms.ndim != 3:
+        raise ValueError(f"landmarks must be shaped (N, 19, 2), got {lms.shape}")
+    if spacing_mm is None or np.ndim(spacing_mm) == 0:
+        spacings = [spacing_mm] * len(lms)
+    else:
+        spacings = [float(s) for s in np.asarray(spacing_mm, dtype=np.float64).reshape(-1)]
+        if len(spacings) != len(lms):
+            raise ValueError(f"spacing_mm must be a scalar or one value per image ({len(lms)}), got {len(spacings)}")
+    out = []
+    for i, (lm, s) in enumerate(zip(lms, spacings)):
+        try:
+            out.append(stage_landmarks(lm, None if s is None else float(s), config))
+        except ValueError as exc:
+            raise ValueError(f"image index {i}: {exc}") from None
+    return out
+
+
+def results_to_frame(names, results: list[StageResult]):
+    """One row per image: image_name, stage, label, exact, confidence, shapes, concavity flags,
+    every measurement, failed_rule, rationale (a pandas DataFrame)."""
+    import pandas as pd
+
+    names = list(names)
+    if len(names) != len(results):
+        raise ValueError(f"{len(names)} names for {len(results)} results")
+    rows = []
+    for name, r in zip(names, results):
+        row = dict(image_name=name, stage=r.stage, label=r.label, exact=r.exact,
+                   confidence=r.confidence_level,
+                   c2_concave=r.concavity["C2"], c3_concave=r.concavity["C3"], c4_concave=r.concavity["C4"],
+                   c3_shape=r.shapes["C3"], c4_shape=r.shapes["C4"])
+        row.update(r.measurements)
+        row.update(failed_rule=r.failed_rule or "", rationale=r.rationale)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- CLI
+def format_table(names, results: list[StageResult]) -> str:
+    """A fixed-width text table of stages with the measurements that decided them."""
+    head = (f"{'image':<14} {'stage':<5} {'fit':<10} {'C2 conc':>7} {'C3 conc':>7} {'C4 conc':>7}  "
+            f"{'C3 body (H/W, AH/PH)':<34} {'C4 body (H/W, AH/PH)':<34}")
+    lines = [head, "-" * len(head)]
+    for name, r in zip(names, results):
+        m = r.measurements
+        fit = "exact" if r.exact and r.confidence_level == "high" else ("borderline" if r.exact else "nearest")
+
+        def body(v):
+            return f"{SHORT[r.shapes[v]]} ({m[f'{v.lower()}_h_w']:.2f}, {m[f'{v.lower()}_ah_ph']:.2f})"
+
+        lines.append(f"{name[:14]:<14} {r.label:<5} {fit:<10} {m['c2_concavity']:>7.3f} {m['c3_concavity']:>7.3f} "
+                     f"{m['c4_concavity']:>7.3f}  {body('C3'):<34} {body('C4'):<34}")
+        if r.failed_rule:
+            lines.append(f"{'':<14} ↳ {r.failed_rule}")
+    return "\n".join(lines)
+
+
+def stage_command(args) -> int:
+    """``cvs stage --csv CSV [--spacing MM] --out FILE``: stage every row, write a CSV, print a table."""
+    from pathlib import Path
+
+    from cvs_core.annotations import read_annotations
+
+    spacing = getattr(args, "spacing", None)
+    annotations = read_annotations(args.csv)  # validates the study format; raises listing problems
+    names, lms = list(annotations.names), annotations.landmarks
+    results = stage_many(lms, spacing)
+    frame = results_to_frame(names, results)
+    out = Path(args.out)
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out, index=False)
+
+    cfg = StagingConfig()
+    print(f"CVM stages for {len(names)} landmark sets from {args.csv}"
+          + (f" (spacing {spacing:g} mm/px)" if spacing is not None else ""))
+    print(f"concavity = depth/chord (concave ≥ {cfg.concavity_ratio:g}); body H/W square "
+          f"{cfg.square_low:g}–{cfg.square_high:g}; trapezoid AH/PH < {cfg.trapezoid_ratio:g}")
+    print(format_table(names, results))
+    counts = frame["label"].value_counts().sort_index()
+    print("stages: " + ", ".join(f"{k} ×{v}" for k, v in counts.items())
+          + f"; {int(frame['exact'].sum())}/{len(frame)} fit a table row exactly")
+    print(CAVEAT)
+    print(f"wrote {out}")
+    return 0
