@@ -390,19 +390,20 @@ def _posterior_elements(o, f1, f2, L, h, rng, c2: bool = False):
     slope = rng.uniform(0.55, 0.85)
     depth = rng.uniform(0.55, 0.7) * (1.15 if c2 else 1.0)
     top = (h + 0.04 * L) if not c2 else 1.05 * L
-    T = np.array([-0.04 * L, top])
-    B = np.array([-0.04 * L, -0.04 * L])
+    front = -rng.uniform(0.12, 0.22) * L
+    T = np.array([front, top])
+    B = np.array([front + 0.05 * L, -0.06 * L])
     d = np.array([-depth * L, -slope * depth * L])
     pillar = np.array([T, T + d, B + d, B])
     r1 = T + d + np.array([0.0, -0.22 * (top + 0.04 * L)])
     r2 = B + d + np.array([0.05 * L, 0.12 * (top + 0.04 * L)])
     length = rng.uniform(0.9, 1.3) * (1.35 if c2 else 1.0) * L
-    drop = rng.uniform(0.25, 0.55)
+    drop = rng.uniform(0.35, 0.75)
     root = 0.5 * (r1 + r2)
     tip = root + length * np.array([-1.0, -drop]) / np.hypot(1.0, drop)
     dvec = (tip - root) / np.hypot(*(tip - root))
     n = np.array([-dvec[1], dvec[0]])
-    w = rng.uniform(0.09, 0.14) * L * (1.6 if c2 else 1.0)
+    w = rng.uniform(0.10, 0.15) * L * (1.6 if c2 else 1.0)
     spinous = np.array([r1, tip + n * w, tip - dvec * 0.4 * w, tip - n * w * 1.2, r2])
     to = lambda uv: _to_image(o, f1, f2, uv)
     return to(pillar), to(spinous), to(tip), w
@@ -447,12 +448,12 @@ def _render(geo: dict, rng: np.random.Generator, size: tuple[int, int]) -> np.nd
     t = np.clip(1.0 - (x_post - xs) / ramp, 0.0, 1.0)
     dens = far + (near - far) * t ** 1.5
     gap = rng.uniform(4.0, 18.0)
-    width = rng.uniform(22.0, 60.0)
+    width = rng.uniform(28.0, 75.0)
     da = xs - x_ant - gap
     air_top = np.clip((ys - (yb - rng.uniform(20.0, 80.0))) / 60.0, 0.0, 1.0)
     airway = _sig(da / 2.0) * _sig((width - da) / rng.uniform(3.0, 8.0)) * air_top
-    front = rng.uniform(-0.05, 0.20) * _sig((da - width) / 6.0)
-    dens = dens - rng.uniform(0.16, 0.26) * airway + front
+    front = rng.uniform(-0.12, 0.08) * _sig((da - width) / 6.0)
+    dens = dens - rng.uniform(0.20, 0.30) * airway + front
     dens += 0.04 * _lowres_noise(rng, size, 40)
 
     # --- bones (uint8 masks drawn antialiased at 1/16 px) -------------------------------------
@@ -461,75 +462,90 @@ def _render(geo: dict, rng: np.random.Generator, size: tuple[int, int]) -> np.nd
     postel = np.zeros(size, np.uint8)
     postrim = np.zeros(size, np.uint8)
     _poly(body, c2_poly, 255)
-    _line(rim, c2_poly, 170, 2, True)
+    _line(rim, c2_poly, 130, 2, True)
     for lv in levels:
         p = lv["pts"]
         outline = _body_outline(p)
         _poly(body, outline)
-        _line(rim, outline, 200, 2, True)
-        _line(rim, _curve3(p[0], p[1], p[2]), 255, 2, False)     # endplates are brightest
-        _line(rim, _curve3(p[7], p[6], p[5]), 255, 2, False)
-        _line(rim, _curve3(p[5], p[3], p[0]), 255, 1, False)     # posterior wall
+        _line(rim, outline, 130, 2, True)
+        _line(rim, _curve3(p[0], p[1], p[2]), int(rng.uniform(170, 255)), 2, False)  # endplates
+        _line(rim, _curve3(p[7], p[6], p[5]), int(rng.uniform(170, 255)), 2, False)
+        _line(rim, _curve3(p[2], p[4], p[7]), int(rng.uniform(150, 230)), 2, False)  # anterior wall
+        _line(rim, _curve3(p[5], p[3], p[0]), int(rng.uniform(150, 255)), 1, False)  # posterior wall
     _line(rim, _curve3(lm[2], lm[1], lm[0]), 255, 2, False)
     o2, e1, e2, L2 = geo["frames"]["C2"]
     elements = [(o2, e1, e2, L2, 1.0 * L2, True)] + [(lv["o"], lv["f1"], lv["f2"], lv["L"], lv["h"], False)
                                                         for lv in levels]
     for o, f1, f2, L, h, is_c2 in elements:
         pillar, spinous, sp_tip, w = _posterior_elements(o, f1, f2, L, h, rng, c2=is_c2)
-        _poly(postel, pillar, 140)
-        _line(postrim, pillar, 150, 1, True)
-        _poly(postel, spinous, 110)
-        _line(postrim, spinous, 200, 2, True)
-        cv2.circle(postel, tuple(int(v) for v in np.round(sp_tip * _ONE)), int(w * _ONE), 170, -1,
+        _poly(postel, pillar, int(rng.uniform(80, 140)))
+        _line(postrim, pillar, 255, 2, True)
+        _poly(postel, spinous, int(rng.uniform(130, 190)))
+        _line(postrim, spinous, 230, 2, True)
+        cv2.circle(postel, tuple(int(v) for v in np.round(sp_tip * _ONE)), int(w * _ONE), 190, -1,
                    cv2.LINE_AA, _SHIFT)
 
-    tex = _lowres_noise(rng, size, 2) * 0.5 + _lowres_noise(rng, size, 5) * 0.5
+    tex = _lowres_noise(rng, size, 2) * 0.4 + _lowres_noise(rng, size, 5) * 0.6
     bodyf = body.astype(np.float32) * (1.0 / 255.0)
     rimf = rim.astype(np.float32) * (1.0 / 255.0)
     shell = cv2.GaussianBlur(rimf, (0, 0), 2.5)
     postf = postel.astype(np.float32) * (1.0 / 255.0)
     postrimf = postrim.astype(np.float32) * (1.0 / 255.0)
-    dens += bodyf * (rng.uniform(0.07, 0.13) + 0.05 * tex) + rimf * rng.uniform(0.08, 0.15)
-    dens += shell * rng.uniform(0.05, 0.12)
-    dens += postf * (rng.uniform(0.10, 0.16) + 0.04 * tex) + postrimf * rng.uniform(0.04, 0.09)
+    dens += bodyf * (rng.uniform(0.08, 0.14) + 0.035 * tex) + rimf * rng.uniform(0.07, 0.13)
+    dens += shell * rng.uniform(0.06, 0.12)
+    postf = cv2.GaussianBlur(postf, (0, 0), 1.2)
+    dens += postf * (rng.uniform(0.12, 0.20) + 0.04 * tex) + postrimf * rng.uniform(0.06, 0.12)
 
     # --- top of the ROI: skull base, C1, mandible, ear rod -------------------------------------
-    xb = np.linspace(-20, W + 20, 10)
-    yb_curve = yb + rng.uniform(-18, 18, xb.size)
-    yb_curve -= np.clip((xb - tip[0] - 20) / 60.0, 0.0, None) * rng.uniform(20, 70)  # recedes in front
-    yb_curve[:3] -= rng.uniform(-10, 40)
-    skull_pts = np.concatenate([[[-20, -20], [W + 20, -20]], np.stack([xb, yb_curve], 1)[::-1]])
-    c1_centre = tip + np.array([rng.uniform(-25, 0), rng.uniform(-5, 15)])
-    c1_axes = np.array([rng.uniform(30, 45), rng.uniform(18, 28)])
+    # skull base: bright mass over the top, bounded below (occiput) and in front by a diagonal
+    xr = tip[0] + rng.uniform(5, 35)
+    y_right = rng.uniform(20, 120)
+    xb = np.linspace(-20, xr, 7)
+    yb_curve = yb + rng.uniform(-15, 15, xb.size)
+    yb_curve[:3] -= rng.uniform(-10, 45)
+    skull_pts = np.concatenate([[[-20, -20], [W + 20, -20], [W + 20, y_right]], np.stack([xb, yb_curve], 1)[::-1]])
+    c1_centre = tip + np.array([rng.uniform(-20, 0), rng.uniform(5, 25)])
+    c1_axes = np.array([rng.uniform(35, 50), rng.uniform(22, 34)])
+    rod_c = np.array([rng.uniform(130, 160), rng.uniform(115, 150)])
 
     def draw_skull(canvas, s):
-        _poly(canvas, skull_pts * s, 255)
+        _poly(canvas, skull_pts * s, 200)
         cv2.ellipse(canvas, tuple(int(v) for v in np.round(c1_centre * s * _ONE)),
                     tuple(int(v) for v in np.round(c1_axes * s * _ONE)), rng.uniform(-20, 20), 0, 360,
-                    200, -1, cv2.LINE_AA, _SHIFT)
+                    int(rng.uniform(120, 200)), -1, cv2.LINE_AA, _SHIFT)
+        cv2.ellipse(canvas, tuple(int(v) for v in np.round((rod_c + rng.uniform(-20, 20, 2)) * s * _ONE)),
+                    tuple(int(v) for v in np.round(np.array([rng.uniform(40, 70), rng.uniform(30, 55)]) * s * _ONE)),
+                    rng.uniform(0, 180), 0, 360, 255, -1, cv2.LINE_AA, _SHIFT)
 
     skull = _smooth_field(rng, size, draw_skull, rng.uniform(10.0, 20.0))
-    mott = _lowres_noise(rng, size, 14) * 0.6 + _lowres_noise(rng, size, 6) * 0.4
-    dens += skull * (rng.uniform(0.38, 0.52) + 0.06 * mott + 0.03 * tex)
+    mott = _lowres_noise(rng, size, 25) * 0.7 + _lowres_noise(rng, size, 8) * 0.3
+    dens += skull * (rng.uniform(0.50, 0.66) + 0.05 * mott + 0.03 * tex)
 
     marks = np.zeros(size, np.uint8)
-    for _ in range(int(rng.integers(4, 9))):  # occipital / petrous / condyle outlines
+    for _ in range(int(rng.integers(8, 16))):  # occipital / petrous / condyle outlines
         c = (int(rng.uniform(0, W) * _ONE), int(rng.uniform(0, yb) * _ONE))
-        ax = (int(rng.uniform(20, 90) * _ONE), int(rng.uniform(10, 50) * _ONE))
+        ax = (int(rng.uniform(15, 90) * _ONE), int(rng.uniform(8, 50) * _ONE))
         a0 = rng.uniform(0, 360)
-        cv2.ellipse(marks, c, ax, rng.uniform(0, 180), a0, a0 + rng.uniform(50, 160), 120, 2, cv2.LINE_AA, _SHIFT)
+        cv2.ellipse(marks, c, ax, rng.uniform(0, 180), a0, a0 + rng.uniform(40, 160), int(rng.uniform(50, 110)),
+                    int(rng.integers(2, 5)), cv2.LINE_AA, _SHIFT)
+    occ = np.stack([xb, yb_curve + rng.uniform(-8, 4)], 1)  # cortex of the occiput / condyles
+    _line(marks, occ[: int(rng.integers(3, 7))], 160, 3, False)
     df = c2_info["dens_front"]  # C1 anterior arch in front of the dens
     c1a = (int((df[0] + rng.uniform(8, 15)) * _ONE), int((df[1] - rng.uniform(0, 15)) * _ONE))
     c1ax = (int(rng.uniform(6, 9) * _ONE), int(rng.uniform(9, 14) * _ONE))
     cv2.ellipse(marks, c1a, c1ax, rng.uniform(-15, 15), 0, 360, 150, -1, cv2.LINE_AA, _SHIFT)
     cv2.ellipse(marks, c1a, c1ax, 0, 0, 360, 255, 2, cv2.LINE_AA, _SHIFT)
-    px = float(lm[0, 0] - 0.3 * L2)  # C1 posterior arch: a hooked bar below the skull base
-    ay = yb + rng.uniform(25, 50)
-    arch = np.array([[px, ay - 10], [px - 40, ay - 12], [22, ay - 16], [12, ay - 6], [16, ay + 6],
-                     [px - 45, ay + 8], [px, ay + 12]])
-    _poly(marks, arch, 140)
-    _line(marks, arch, 230, 2, True)
-    dens += marks.astype(np.float32) * (rng.uniform(0.14, 0.22) / 255.0)
+    px = float(lm[0, 0] - 0.4 * L2)  # C1 posterior arch: a hooked bar below the skull base
+    ay = yb + rng.uniform(20, 45)
+    x_end = rng.uniform(15, 35)
+    tt = np.linspace(0.0, 1.0, 12)[:, None]
+    arch = np.concatenate([px + (x_end - px) * tt, ay - rng.uniform(0, 25) * tt ** 2 + 6 * np.sin(np.pi * tt)], 1)
+    thick = int(rng.uniform(12, 20))
+    _line(marks, arch, 200, thick, False)
+    _line(marks, arch, 130, max(thick - 6, 2), False)
+    cv2.circle(marks, tuple(int(v) for v in np.round(arch[-1] * _ONE)), int(thick * 0.6 * _ONE), 190, -1,
+               cv2.LINE_AA, _SHIFT)
+    dens += cv2.GaussianBlur(marks, (0, 0), 1.0).astype(np.float32) * (rng.uniform(0.14, 0.22) / 255.0)
     for cy, ry in ((yb + rng.uniform(0, 12), rng.uniform(14, 22)), (ay + rng.uniform(28, 40), rng.uniform(12, 20))):
         gx = (xs - rng.uniform(45, 75)) / rng.uniform(30, 50)
         gy = (ys - cy) / ry
@@ -549,11 +565,11 @@ def _render(geo: dict, rng: np.random.Generator, size: tuple[int, int]) -> np.nd
         _line(mand, edge, 255, 2, False)
         dens += mand.astype(np.float32) * (rng.uniform(0.05, 0.12) / 255.0)
     rod = np.zeros(size, np.uint8)  # ear rod of the cephalostat
-    rc = (int(rng.uniform(130, 160) * _ONE), int(rng.uniform(115, 150) * _ONE))
+    rc = tuple(int(v) for v in np.round(rod_c * _ONE))
     cv2.circle(rod, rc, int(rng.uniform(6, 9) * _ONE), 255, -1, cv2.LINE_AA, _SHIFT)
     dens += rod.astype(np.float32) * (0.9 / 255.0)
-    if rng.random() < 0.85:  # bright edge of the cassette/collimator on the far left
-        dens += 1.0 * _sig((rng.uniform(5.0, 14.0) - xs) / rng.uniform(1.0, 2.5))
+    if rng.random() < 0.95:  # bright edge of the cassette/collimator on the far left
+        dens += 1.0 * _sig((rng.uniform(8.0, 16.0) - xs) / rng.uniform(1.0, 2.5))
 
     # --- imaging chain -------------------------------------------------------------------------
     dens = cv2.GaussianBlur(dens, (0, 0), rng.uniform(0.7, 1.4))
