@@ -70,3 +70,13 @@ def csv_columns() -> list[str]:
 def outline_index0(vertebra: str) -> list[int]:
     """0-based indices of a vertebra's drawing outline."""
     return [i - 1 for i in OUTLINES[vertebra]]
+
+# Mean of the 15 public landmark configurations (data/samples/*.csv), ROI pixels (250×600 frame).
+# Used as the reference shape for assigning identity-free mask blobs to landmark slots.
+MEAN_SHAPE_ROI = (
+    (118.7, 357.5), (149.4, 357.0), (183.0, 365.9), (119.9, 375.3), (151.2, 384.1),
+    (180.9, 392.7), (119.0, 402.5), (184.9, 414.8), (116.6, 429.1), (151.2, 430.5),
+    (183.9, 438.9), (117.3, 443.1), (148.5, 457.0), (178.7, 466.4), (114.9, 470.9),
+    (180.3, 488.5), (111.7, 497.3), (144.5, 500.5), (177.3, 512.2),
+)
+ROI_SIZE = (600, 250)  # (height, width) of the study's ROI images

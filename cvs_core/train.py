@@ -1,0 +1,517 @@
+"""Training: presets, a streaming keypoint-consistent data pipeline, callbacks, resume, tf.distribute.
+
+A run folder holds ``config.json``, ``metrics.csv`` (one row per epoch, readable while training),
+``status.json``, ``log.txt`` (written by the caller), ``checkpoints/{best,last}.keras``,
+``tensorboard/`` and, at the end, ``model/`` (a model folder with manifest).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cvs_core.codecs import HeatmapCodec, MaskCodec, RegressionCodec
+from cvs_core.landmarks import N_LANDMARKS
+from cvs_core.preprocess import (PreprocessConfig, apply_affine, inception_seed_config, preprocess,
+                                 unet_seed_config)
+
+ARCHITECTURES = ("unet_seed", "unet_heatmap", "inception_seed", "inception_gap")
+PRESETS = ("seed", "improved")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; JSON round-trips. ``None`` fields take the preset default."""
+
+    model: str = "unet_heatmap"
+    preset: str = "improved"
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    csv: str | None = None            # study-format CSV (ROI frame unless roi says otherwise)
+    images: str | None = None         # folder of the CSV's images
+    phantoms: int = 0                 # phantoms rendered on the fly per epoch (0 = none)
+    val_phantoms: int = 0             # fixed held-out phantoms for validation
+    val_fraction: float = 0.2         # share of CSV rows held out when there are no val phantoms
+    repeat_csv: int = 1               # each CSV image appears this many times (augmented) per epoch
+    seed: int = 0
+    augment: bool | None = None
+    rotation_deg: float = 8.0
+    scale_range: float = 0.08
+    shift_px: float = 12.0
+    preprocess: dict | None = None    # PreprocessConfig dict; None → preset default
+    builder_kwargs: dict = field(default_factory=dict)
+    heatmap_sigma: float = 2.0
+    distribute: str = "none"          # none | mirrored | multiworker
+    mixed_precision: str = "auto"     # auto (on GPU) | on | off
+    early_stopping_patience: int = 15
+    reduce_lr_patience: int = 5
+    steps_per_epoch: int | None = None
+    name: str | None = None
+
+    def __post_init__(self):
+        if self.model not in ARCHITECTURES:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {ARCHITECTURES}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {PRESETS}")
+        if self.distribute not in ("none", "mirrored", "multiworker"):
+            raise ValueError(f"distribute must be none, mirrored or multiworker, got {self.distribute!r}")
+        if self.csv is None and self.phantoms <= 0:
+            raise ValueError("no training data: give a CSV (+ image folder) or phantoms > 0")
+        if self.csv is not None and self.images is None:
+            raise ValueError("--csv needs --images (the folder holding the CSV's images)")
+        defaults = preset_defaults(self.model, self.preset)
+        for key, value in defaults.items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ValueError("epochs and batch size must be ≥ 1 and lr > 0")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        d = json.loads(text)
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown training config keys: {sorted(unknown)}")
+        return cls(**d)
+
+    def replace(self, **changes) -> "TrainConfig":
+        d = asdict(self)
+        d.update(changes)
+        return TrainConfig(**d)
+
+    def preprocess_config(self) -> PreprocessConfig:
+        return PreprocessConfig.from_dict(self.preprocess)
+
+
+def preset_defaults(model: str, preset: str) -> dict:
+    """The study's settings (``seed``) or ours (``improved``) for an architecture."""
+    if preset == "seed":
+        if model.startswith("unet"):
+            pre = unet_seed_config() if model == "unet_seed" else improved_unet_preprocess()
+            return dict(epochs=1000, lr=1e-3, batch_size=32, augment=False, preprocess=pre.to_dict())
+        pre = inception_seed_config() if model == "inception_seed" else improved_inception_preprocess()
+        return dict(epochs=600, lr=1e-2, batch_size=32, augment=False, preprocess=pre.to_dict())
+    if model.startswith("unet"):
+        pre = unet_seed_config() if model == "unet_seed" else improved_unet_preprocess()
+        return dict(epochs=60, lr=1e-3, batch_size=16, augment=True, preprocess=pre.to_dict())
+    pre = inception_seed_config() if model == "inception_seed" else improved_inception_preprocess()
+    return dict(epochs=60, lr=3e-4, batch_size=16, augment=True, preprocess=pre.to_dict())
+
+
+def improved_unet_preprocess() -> PreprocessConfig:
+    """ROI → CLAHE → 384×160 (keeps the 600:250 aspect) → /255."""
+    return PreprocessConfig(input_size=(384, 160), resize_first=False)
+
+
+def improved_inception_preprocess() -> PreprocessConfig:
+    """ROI → CLAHE → 384×160 → RGB in [−1, 1] (the backbone's own preprocess_input)."""
+    return PreprocessConfig(input_size=(384, 160), resize_first=False, channels=3, scaling="symmetric")
+
+
+def make_codec(config: TrainConfig):
+    pre = config.preprocess_config()
+    size = pre.input_size
+    if config.model == "unet_seed":
+        return MaskCodec(input_size=size)
+    if config.model == "unet_heatmap":
+        return HeatmapCodec(input_size=size, sigma=config.heatmap_sigma)
+    return RegressionCodec(input_size=size, normalize=config.model == "inception_gap")
+
+
+def builder_kwargs(config: TrainConfig) -> dict:
+    kwargs = dict(config.builder_kwargs)
+    kwargs.setdefault("input_size", tuple(config.preprocess_config().input_size))
+    return kwargs
+
+
+def loss_for(config: TrainConfig):
+    from cvs_core.networks import dice_coef, dice_loss, weighted_heatmap_mse
+
+    if config.model == "unet_seed":
+        return dice_loss, [dice_coef]
+    if config.model == "unet_heatmap":
+        return weighted_heatmap_mse, []
+    return "mse", ["mae"]
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+@dataclass
+class Sample:
+    """A training item before preprocessing: a path (read lazily) or a phantom seed, and landmarks
+    ``(19, 2)`` in that image's frame."""
+
+    landmarks: np.ndarray
+    path: str | None = None
+    phantom_seed: int | None = None
+    phantom_stage: int | None = None
+
+    def load(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.path is not None:
+            image = cv2.imread(self.path, cv2.IMREAD_GRAYSCALE)
+            if image is None:
+                from cvs_core.imaging import read_image
+                image = read_image(self.path).as_uint8()
+            return image, self.landmarks
+        from cvs_core.synth import render_phantom
+        ph = render_phantom(self.phantom_seed, stage=self.phantom_stage)
+        return ph.image, ph.landmarks
+
+
+def random_affine(rng: np.random.Generator, shape_hw, rotation_deg, scale_range, shift_px) -> np.ndarray:
+    """2×3 affine: rotation and scale about the image centre, then a shift (pixel-centre frame)."""
+    h, w = shape_hw
+    angle = rng.uniform(-rotation_deg, rotation_deg)
+    scale = 1.0 + rng.uniform(-scale_range, scale_range)
+    m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, scale)
+    m[:, 2] += rng.uniform(-shift_px, shift_px, 2)
+    return m
+
+
+def augment_sample(rng: np.random.Generator, image: np.ndarray, landmarks: np.ndarray, config: TrainConfig):
+    """Keypoint-consistent augmentation: the same affine moves the image and the landmarks;
+    then gamma, contrast and noise. Returns ``(image uint8 (H, W), landmarks (19, 2))``."""
+    m = random_affine(rng, image.shape, config.rotation_deg, config.scale_range, config.shift_px)
+    warped = cv2.warpAffine(image, m, (image.shape[1], image.shape[0]), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_REFLECT_101)
+    pts = apply_affine(m, landmarks)
+    x = warped.astype(np.float32) / 255.0
+    x = np.power(x, rng.uniform(0.75, 1.33))
+    x = (x - 0.5) * rng.uniform(0.8, 1.2) + 0.5 + rng.uniform(-0.06, 0.06)
+    x += rng.normal(0, rng.uniform(0, 0.03), x.shape).astype(np.float32)
+    return np.clip(x * 255 + 0.5, 0, 255).astype(np.uint8), pts
+
+
+def encode_sample(image, landmarks, pre_config: PreprocessConfig, codec):
+    """Preprocess an image and encode its landmarks: ``(model input, target)``."""
+    pre = preprocess(image, pre_config)
+    return pre.image, codec.encode(pre.to_model(landmarks))
+
+
+def load_csv_samples(csv_path: str, image_dir: str) -> list[Sample]:
+    from cvs_core.annotations import read_annotations
+
+    aset = read_annotations(csv_path, image_dir=image_dir, missing_images="skip")
+    return [Sample(landmarks=aset.landmarks[i], path=str(Path(image_dir) / name))
+            for i, name in enumerate(aset.names)]
+
+
+def _keras_dataset_base():
+    import keras
+    return keras.utils.PyDataset
+
+
+class LandmarkSequence(_keras_dataset_base()):
+    """Batches ``(x (B, h, w, c), y (B, …))`` streamed from disk / rendered phantoms.
+
+    Phantoms used for training get fresh seeds every epoch (``epoch_offset``), so the model
+    never sees the same phantom twice; validation sequences are fixed.
+    """
+
+    def __init__(self, samples: list[Sample], config: TrainConfig, codec, augment: bool, shuffle: bool,
+                 seed: int, fresh_phantoms: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.samples = samples
+        self.config = config
+        self.pre_config = config.preprocess_config()
+        self.codec = codec
+        self.augment = augment
+        self.shuffle = shuffle
+        self.seed = seed
+        self.fresh_phantoms = fresh_phantoms
+        self.epoch = 0
+        self._order = self._make_order()
+
+    def _epoch_samples(self) -> list[Sample]:
+        phantoms = [Sample(landmarks=None, phantom_seed=self.seed * 1_000_003 + self.epoch * 100_003 + i,
+                           phantom_stage=i % 6 + 1) for i in range(self.fresh_phantoms)]
+        return self.samples + phantoms
+
+    def _make_order(self):
+        self._current = self._epoch_samples()
+        order = np.arange(len(self._current))
+        if self.shuffle:
+            np.random.default_rng([self.seed, self.epoch]).shuffle(order)
+        return order
+
+    def __len__(self):
+        return max(1, math.ceil(len(self._order) / self.config.batch_size))
+
+    def __getitem__(self, index):
+        idx = self._order[index * self.config.batch_size:(index + 1) * self.config.batch_size]
+        xs, ys = [], []
+        for i in idx:
+            image, pts = self._current[i].load()
+            if self.augment:
+                rng = np.random.default_rng([self.seed, self.epoch, int(i), 7])
+                image, pts = augment_sample(rng, image, pts, self.config)
+            x, y = encode_sample(image, pts, self.pre_config, self.codec)
+            xs.append(x)
+            ys.append(y)
+        return np.stack(xs), np.stack(ys)
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self._order = self._make_order()
+
+
+def build_datasets(config: TrainConfig, codec):
+    """``(train LandmarkSequence, val LandmarkSequence | None, data summary dict)``."""
+    rng = np.random.default_rng(config.seed)
+    train_samples: list[Sample] = []
+    val_samples: list[Sample] = []
+    summary = {"csv": config.csv, "images": config.images, "phantoms_per_epoch": config.phantoms,
+               "val_phantoms": config.val_phantoms}
+    if config.csv:
+        csv_samples = load_csv_samples(config.csv, config.images)
+        if not csv_samples:
+            raise ValueError(f"{config.csv}: no usable rows (all images missing?)")
+        order = rng.permutation(len(csv_samples))
+        n_val = 0 if config.val_phantoms > 0 or len(csv_samples) < 5 else max(1, int(len(csv_samples) * config.val_fraction))
+        val_samples += [csv_samples[i] for i in order[:n_val]]
+        train_samples += [csv_samples[i] for i in order[n_val:]] * max(1, config.repeat_csv)
+        summary.update(csv_rows=len(csv_samples), csv_val_rows=n_val)
+    if config.val_phantoms:
+        val_samples += [Sample(landmarks=None, phantom_seed=10_000_000 + config.seed * 1000 + i,
+                               phantom_stage=i % 6 + 1) for i in range(config.val_phantoms)]
+    train = LandmarkSequence(train_samples, config, codec, augment=config.augment, shuffle=True,
+                             seed=config.seed, fresh_phantoms=config.phantoms)
+    val = (LandmarkSequence(val_samples, config, codec, augment=False, shuffle=False, seed=config.seed)
+           if val_samples else None)
+    summary.update(n_train_per_epoch=len(train._current), n_val=len(val_samples))
+    return train, val, summary
+
+
+# --- callbacks ----------------------------------------------------------------------------------
+
+def _callbacks_module():
+    import keras
+    return keras.callbacks.Callback
+
+
+class RunMonitor(_callbacks_module()):
+    """Per-epoch landmark error on the validation set (decoded, in ROI px), status.json, CSV
+    metrics, and a graceful stop on SIGTERM (cancel)."""
+
+    def __init__(self, run_dir: Path, config: TrainConfig, codec, val, start_epoch: int, verbose: bool):
+        super().__init__()
+        self.run_dir = run_dir
+        self.config = config
+        self.codec = codec
+        self.val = val
+        self.start_epoch = start_epoch
+        self.verbose = verbose
+        self.cancelled = False
+        self.best = None
+        self.t0 = time.time()
+        state = _read_json(run_dir / "state.json")
+        self.best = state.get("best_val_mre_px")
+
+    def on_train_begin(self, logs=None):
+        try:
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+        except ValueError:  # not in the main thread
+            pass
+        write_status(self.run_dir, "running", epoch=self.start_epoch, epochs=self.config.epochs, best=self.best)
+
+    def _on_sigterm(self, *_):
+        self.cancelled = True
+        self.model.stop_training = True
+
+    def val_mre_px(self) -> float | None:
+        if self.val is None:
+            return None
+        pre = self.val.pre_config
+        errors = []
+        for b in range(len(self.val)):
+            x, y = self.val[b]
+            out = np.asarray(self.model.predict_on_batch(x))
+            for o, t in zip(out, y):
+                pred, _ = self.codec.decode(o)
+                true, _ = self.codec.decode(t)
+                errors.append(np.linalg.norm(_model_to_roi(pre, pred) - _model_to_roi(pre, true), axis=1))
+        e = np.concatenate(errors)
+        e[~np.isfinite(e)] = 100.0  # a missed landmark counts as a large error, never dropped
+        return float(e.mean())
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        mre = self.val_mre_px()
+        if mre is not None:
+            logs["val_mre_px"] = mre
+        logs["lr"] = float(np.asarray(self.model.optimizer.learning_rate))
+        if mre is not None and (self.best is None or mre < self.best):
+            self.best = mre
+        row = {"epoch": epoch + 1, "time_s": round(time.time() - self.t0, 1),
+               **{k: float(v) for k, v in logs.items()}}
+        path = self.run_dir / "metrics.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        self.model.save(self.run_dir / "checkpoints" / "last.keras")
+        _write_json(self.run_dir / "state.json", {"epoch": epoch + 1, "best_val_mre_px": self.best})
+        write_status(self.run_dir, "running", epoch=epoch + 1, epochs=self.config.epochs, best=self.best)
+        if self.verbose:
+            parts = " ".join(f"{k}={v:.4g}" for k, v in logs.items())
+            print(f"epoch {epoch + 1}/{self.config.epochs} {parts}", flush=True)
+
+
+def _model_to_roi(pre: PreprocessConfig, pts: np.ndarray) -> np.ndarray:
+    """Model-input px → ROI px for a stretch/letterbox resize of a fixed ROI size (no crop here)."""
+    from cvs_core.landmarks import ROI_SIZE
+    from cvs_core.preprocess import resize_to_input
+    _, m = resize_to_input(np.zeros(ROI_SIZE, np.uint8), pre)
+    return apply_affine(np.linalg.inv(m), pts)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def write_status(run_dir: Path, status: str, **fields_) -> None:
+    data = _read_json(Path(run_dir) / "status.json")
+    data.update(status=status, updated=time.time(), **fields_)
+    _write_json(Path(run_dir) / "status.json", data)
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+def _strategy(config: TrainConfig):
+    if config.distribute == "none":
+        return None
+    import tensorflow as tf
+    if config.distribute == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def _gpu_available() -> bool:
+    import keras
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+            return bool(tf.config.list_physical_devices("GPU"))
+        if backend == "jax":
+            import jax
+            return any(d.platform == "gpu" for d in jax.devices())
+        if backend == "torch":
+            import torch
+            return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        return False
+    return False
+
+
+def train(config: TrainConfig, out_dir: Path, resume: bool = False, verbose: bool = True,
+          extra_callbacks: list | None = None) -> Path:
+    """Run training into ``out_dir``; returns the exported model folder ``out_dir/model``."""
+    import keras
+
+    from cvs_core.networks import CUSTOM_OBJECTS, build_model
+    from cvs_core.registry import base_manifest, save_model_folder
+
+    out_dir = Path(out_dir)
+    (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(config.to_json())
+    keras.utils.set_random_seed(config.seed)
+    use_mp = config.mixed_precision == "on" or (config.mixed_precision == "auto" and _gpu_available())
+    keras.mixed_precision.set_global_policy("mixed_float16" if use_mp else "float32")
+
+    codec = make_codec(config)
+    train_seq, val_seq, data_summary = build_datasets(config, codec)
+    loss, metrics = loss_for(config)
+    last = out_dir / "checkpoints" / "last.keras"
+    start_epoch = 0
+    strategy = _strategy(config)
+    scope = strategy.scope() if strategy else _nullcontext()
+    with scope:
+        if resume and last.is_file():
+            model = keras.saving.load_model(last, custom_objects=CUSTOM_OBJECTS)
+            start_epoch = int(_read_json(out_dir / "state.json").get("epoch", 0))
+            if verbose:
+                print(f"resuming from {last} after epoch {start_epoch}", flush=True)
+        else:
+            for stale in ("metrics.csv", "state.json"):
+                (out_dir / stale).unlink(missing_ok=True)
+            model = build_model(config.model, **builder_kwargs(config))
+            model.compile(optimizer=keras.optimizers.Adam(config.lr), loss=loss, metrics=metrics)
+    train_seq.epoch = start_epoch
+    train_seq._order = train_seq._make_order()
+
+    monitor_key = "val_mre_px" if val_seq is not None else "loss"
+    monitor = RunMonitor(out_dir, config, codec, val_seq, start_epoch, verbose)
+    callbacks = [
+        monitor,
+        keras.callbacks.ModelCheckpoint(out_dir / "checkpoints" / "best.keras", monitor=monitor_key,
+                                        mode="min", save_best_only=True),
+        keras.callbacks.ReduceLROnPlateau(monitor=monitor_key, mode="min", factor=0.5,
+                                          patience=config.reduce_lr_patience, min_lr=1e-6),
+        keras.callbacks.EarlyStopping(monitor=monitor_key, mode="min", patience=config.early_stopping_patience),
+        *(extra_callbacks or []),
+    ]
+    if keras.backend.backend() == "tensorflow":
+        callbacks.append(keras.callbacks.TensorBoard(out_dir / "tensorboard", write_graph=False))
+    if start_epoch >= config.epochs:
+        if verbose:
+            print("nothing to do: the run already reached its last epoch", flush=True)
+    else:
+        write_status(out_dir, "running", epoch=start_epoch, epochs=config.epochs)
+        try:
+            model.fit(train_seq, epochs=config.epochs, initial_epoch=start_epoch, callbacks=callbacks,
+                      verbose=0, steps_per_epoch=config.steps_per_epoch)
+        except Exception as exc:
+            write_status(out_dir, "failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+    if monitor.cancelled:
+        write_status(out_dir, "cancelled")
+        return out_dir / "model"
+
+    best_path = out_dir / "checkpoints" / "best.keras"
+    final = keras.saving.load_model(best_path if best_path.is_file() else last, custom_objects=CUSTOM_OBJECTS,
+                                    compile=False) if (best_path.is_file() or last.is_file()) else model
+    pre = config.preprocess_config()
+    manifest = base_manifest(
+        name=config.name or config.model, architecture=config.model, builder_kwargs=builder_kwargs(config),
+        preprocess=pre, codec=codec,
+        training={"preset": config.preset, "epochs_run": int(_read_json(out_dir / "state.json").get("epoch", 0)),
+                  "config": json.loads(config.to_json()), "data": data_summary,
+                  "mixed_precision": use_mp},
+        metrics={"best_val_mre_px": monitor.best},
+        imagenet_weights=bool(getattr(final, "imagenet_loaded", False)),
+    )
+    folder = save_model_folder(final, out_dir / "model", manifest)
+    write_status(out_dir, "succeeded", best=monitor.best, model_dir=str(folder))
+    return folder
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
