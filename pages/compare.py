@@ -1,0 +1,310 @@
+"""Compare: both models on the same image — overlay, side by side, per-landmark table, CVM stage, downloads."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import streamlit as st
+
+from pages import ui
+
+ui.page_header("Compare models", "Run two landmark models on the same image and compare where they put the "
+               "19 points, how confident they are, and which CVM stage follows.", ":material/compare:")
+
+names = ui.model_names()
+if not names:
+    ui.no_models_message()
+    st.stop()
+
+from cvs_core import viz  # noqa: E402
+from cvs_core.preprocess import SEED_ROI_BOX, apply_affine  # noqa: E402
+from cvs_core.staging import CAVEAT, stage_landmarks  # noqa: E402
+
+ss = st.session_state
+lab_settings = ss.get("lab_preprocess")
+
+# ----------------------------------------------------------------------------- input
+with st.container(border=True):
+    c_in, c_roi, c_models = st.columns([1.25, 1.1, 1.1], gap="medium")
+    with c_in:
+        source = st.radio("Input", ["Sample", "Phantom", "Upload"], horizontal=True, key="cmp_source",
+                          help="Bundled public study images, a synthetic phantom with exact landmarks, or "
+                               "your own PNG / JPEG / TIFF / BMP / DICOM.")
+        inp: ui.InputImage | None = None
+        if source == "Sample":
+            samples = ui.sample_names()
+            sc1, sc2 = st.columns([1, 1])
+            name = sc1.selectbox("Sample", samples, key="cmp_sample",
+                                 format_func=lambda n: n + ("  ✓ labelled" if n in ui.sample_truth() else ""))
+            kind = sc2.radio("Image", ["ROI", "Full cephalogram"], key="cmp_sample_kind",
+                             help="The 250×600 vertebral ROI, or the 1804×2136 original (the ROI is then cut "
+                                  "with the study preset or your box).")
+            kind = "roi" if kind == "ROI" else "full"
+            img = ui.load_sample(name, kind)
+            truth = ui.sample_truth().get(name)
+            if truth is not None and kind == "full":  # ROI (x, y) is (2x, 2y + 800) in the original
+                truth = truth * 2.0 + np.array([0.0, 800.0])
+            inp = ui.InputImage(image=img, name=name, kind=kind, source="sample", key=f"sample:{kind}:{name}",
+                                spacing_mm=ui.NOMINAL_ROI_SPACING if kind == "roi" else ui.NOMINAL_FULL_SPACING,
+                                truth=truth)
+        elif source == "Phantom":
+            pc1, pc2 = st.columns(2)
+            seed = pc1.number_input("Seed", 0, 10**6, 7, step=1, key="cmp_seed")
+            stage_opt = pc2.selectbox("Generated stage", ["random", 1, 2, 3, 4, 5, 6], index=3, key="cmp_stage",
+                                      format_func=lambda s: s if s == "random" else f"CS{s}")
+            image, lms, gen_stage = ui.load_phantom(int(seed), None if stage_opt == "random" else int(stage_opt))
+            inp = ui.InputImage(image=image, name=f"phantom_seed{int(seed)}_cs{gen_stage}.png", kind="roi",
+                                source="phantom", key=f"phantom:{int(seed)}:{stage_opt}",
+                                spacing_mm=ui.NOMINAL_ROI_SPACING, truth=lms, true_stage=gen_stage)
+        else:
+            up = st.file_uploader("Image", type=["png", "jpg", "jpeg", "tif", "tiff", "bmp", "dcm", "dicom"],
+                                  key="cmp_upload", help="Decoded and downscaled at once; only the small "
+                                  "greyscale array is kept.")
+            kind = st.radio("The image is", ["ROI", "Full cephalogram"], horizontal=True, key="cmp_up_kind")
+            kind = "roi" if kind == "ROI" else "full"
+            if up is not None:
+                sig = (up.name, up.size, getattr(up, "file_id", None), kind)
+                cached = ss.get("cmp_uploaded")
+                if cached is None or ss.get("cmp_uploaded_sig") != sig:
+                    ss.pop("cmp_uploaded", None)
+                    try:
+                        cached = ui.decode_upload(up.name, up.getvalue(), kind=kind)
+                        ss["cmp_uploaded"], ss["cmp_uploaded_sig"] = cached, sig
+                    except ValueError as exc:
+                        ui.show_error(f"Could not read {up.name}", exc)
+                        cached = None
+                inp = cached
+            elif ss.get("cmp_uploaded") is not None and ss.get("cmp_uploaded_sig") is None:
+                inp = ss["cmp_uploaded"]  # injected (tests, other pages)
+            else:
+                ss.pop("cmp_uploaded", None)
+            csv_up = st.file_uploader("Ground truth (optional study CSV)", type=["csv"], key="cmp_truth_csv",
+                                      help="image_name,1_x,1_y,…,19_x,19_y in this image's pixel frame.")
+            if inp is not None and csv_up is not None:
+                try:
+                    inp.truth = ui.read_truth_csv(csv_up.getvalue(), inp.name) * inp.scale
+                except ValueError as exc:
+                    ui.show_error("Could not use the ground-truth CSV", exc)
+                    inp.truth = None
+            elif inp is not None and csv_up is None and ss.get("cmp_uploaded_sig") is not None:
+                inp.truth = None
+        if inp is not None:
+            for note in inp.notes:
+                st.caption(f":material/info: {note}")
+
+    with c_roi:
+        roi = "none"
+        if inp is None:
+            st.info("Upload an image to start.", icon=":material/upload:")
+        elif inp.kind == "full":
+            roi_mode = st.radio("Region of interest", ["Study preset", "Custom box", "Whole image"],
+                                key="cmp_roi_mode",
+                                help="Study preset: half-size image cropped to x 0–250, y 400–1000 (the box "
+                                     "x 0–500, y 800–2000 of the original). Custom: your box at full "
+                                     "resolution. Whole image: no crop.")
+            h, w = inp.image.shape[:2]
+            if roi_mode == "Study preset":
+                roi = "seed"
+            elif roi_mode == "Custom box":
+                bx = [min(v, lim) for v, lim in zip(SEED_ROI_BOX, (w - 8, h - 8, w, h))]
+                b1, b2 = st.columns(2)
+                x0 = b1.number_input("x0", 0, w - 8, int(bx[0]), step=10, key="cmp_x0")
+                x1 = b2.number_input("x1", int(x0) + 8, w, max(int(bx[2]), int(x0) + 8), step=10, key="cmp_x1")
+                y0 = b1.number_input("y0", 0, h - 8, int(bx[1]), step=10, key="cmp_y0")
+                y1 = b2.number_input("y1", int(y0) + 8, h, max(int(bx[3]), int(y0) + 8), step=10, key="cmp_y1")
+                roi = [int(x0), int(y0), int(x1), int(y1)]
+            else:
+                roi = [0, 0, w, h]
+            preview_box = list(SEED_ROI_BOX) if roi == "seed" else roi
+            st.image(viz.encode_image(viz.draw_box(inp.image, preview_box), "jpeg", 80, max_side=420),
+                     caption=f"{w}×{h} px · ROI box {preview_box}", width=200)
+        else:
+            st.markdown("**Region of interest**")
+            st.caption(f"The input is already the vertebral ROI ({inp.image.shape[1]}×{inp.image.shape[0]} px); "
+                       "it is used as is.")
+            st.image(viz.encode_image(inp.image, "jpeg", 80, max_side=300), width=110)
+
+    with c_models:
+        defaults = ui.default_models(names)
+        model_a = st.selectbox("Model A", names, index=names.index(defaults[0]), key="cmp_model_a")
+        b_options = ["— none —"] + names
+        b_default = defaults[1] if len(defaults) > 1 else "— none —"
+        model_b = st.selectbox("Model B", b_options, index=b_options.index(b_default), key="cmp_model_b")
+        models = [model_a] + ([model_b] if model_b != "— none —" and model_b != model_a else [])
+        spacing_default = inp.spacing_mm if (inp is not None and inp.spacing_mm) else (
+            ui.NOMINAL_FULL_SPACING if inp is not None and inp.kind == "full" else ui.NOMINAL_ROI_SPACING)
+        spacing_in = st.number_input(
+            "Pixel spacing of the input (mm/px)", 0.01, 2.0, float(spacing_default), step=0.005, format="%.3f",
+            key=f"cmp_spacing_{inp.key if inp else 'none'}",
+            help="Nominal: 0.25 mm/px for the 250×600 ROI, 0.125 mm/px for full cephalograms (the study "
+                 "published none). DICOM files give their own.")
+        use_lab = False
+        if lab_settings:
+            use_lab = st.toggle("Use the CLAHE-lab settings", key="cmp_use_lab",
+                                help=f"Override the models' CLAHE/bilateral settings with "
+                                     f"{json.dumps(lab_settings)}")
+
+if inp is None:
+    st.stop()
+
+# ----------------------------------------------------------------------------- predictions
+overrides = lab_settings if use_lab else None
+preds = {}
+errors = {}
+with st.spinner("Finding landmarks…"):
+    for m in models:
+        try:
+            preds[m] = ui.predict(m, inp, roi, overrides)
+        except Exception as exc:  # noqa: BLE001 - show the library's message, keep the page alive
+            errors[m] = exc
+for m, exc in errors.items():
+    ui.show_error(f"{m} could not run on this image", exc)
+if not preds:
+    st.stop()
+
+first = next(iter(preds.values()))
+roi_image = first.preprocessed.roi_image
+roi_affine = first.preprocessed.roi_affine
+roi_scale = float(np.sqrt(abs(np.linalg.det(roi_affine[:2, :2]))))
+spacing = float(spacing_in) / roi_scale  # mm per ROI pixel
+truth_roi = apply_affine(roi_affine, inp.truth) if inp.truth is not None else None
+colors = {m: viz.MODEL_COLORS[i] for i, m in enumerate(preds)}
+
+stages = {}
+stage_errors = {}
+for m, p in preds.items():
+    try:
+        stages[m] = stage_landmarks(p.landmarks_roi, spacing)
+    except ValueError as exc:
+        stage_errors[m] = str(exc)
+truth_stage = None
+if truth_roi is not None:
+    try:
+        truth_stage = stage_landmarks(truth_roi, spacing)
+    except ValueError:
+        truth_stage = None
+
+# ----------------------------------------------------------------------------- headline
+cols = st.columns(len(preds) + (1 if truth_roi is not None else 0))
+for col, (m, p) in zip(cols, preds.items()):
+    with col.container(border=True):
+        st.markdown(f"<span style='color:{colors[m]};font-weight:600'>● {m}</span> "
+                    f"<small>{p.preprocessed.config.input_size[1]}×{p.preprocessed.config.input_size[0]} input · "
+                    f"{'heatmap' if p.raw.ndim == 3 else 'regression'}</small>", unsafe_allow_html=True)
+        k1, k2, k3 = st.columns(3)
+        k1.metric("CVM stage", stages[m].label if m in stages else "—")
+        found = int(np.isfinite(p.landmarks_roi).all(axis=1).sum())
+        k2.metric("landmarks", f"{found}/19")
+        if truth_roi is not None:
+            s = viz.error_summary(p.landmarks_roi, truth_roi, spacing)
+            k3.metric("MRE", f"{s['mre_mm']:.2f} mm" if s["mre_mm"] is not None else "—",
+                      help=f"{s['mre_px']:.1f} ROI px" if s["mre_px"] is not None else None)
+        else:
+            k3.metric("time", f"{p.ms['total']:.0f} ms")
+if truth_roi is not None:
+    with cols[-1].container(border=True):
+        st.markdown(f"<span style='color:{viz.TRUTH_COLOR};font-weight:600'>✕ ground truth</span> "
+                    f"<small>{'phantom' if inp.source == 'phantom' else 'annotation'}</small>",
+                    unsafe_allow_html=True)
+        k1, k2 = st.columns(2)
+        k1.metric("stage (landmarks)", truth_stage.label if truth_stage else "—")
+        k2.metric("generated as", f"CS{inp.true_stage}" if inp.true_stage else "—")
+st.caption(f":material/warning: {CAVEAT}")
+st.caption(f"Coordinates in the ROI frame ({roi_image.shape[1]}×{roi_image.shape[0]} px) · spacing "
+           f"**{spacing:.4g} mm/px** ({'from the DICOM header' if inp.spacing_mm and inp.source == 'upload' else 'nominal'}"
+           f"{', ROI scale ×' + format(roi_scale, '.3g') if abs(roi_scale - 1) > 1e-6 else ''})")
+
+# ----------------------------------------------------------------------------- views
+layers = [viz.PointLayer(m, p.landmarks_roi, colors[m], p.confidence) for m, p in preds.items()]
+truth_layer = viz.PointLayer("ground truth", truth_roi, viz.TRUTH_COLOR, truth=True) if truth_roi is not None else None
+heat_model = next((m for m, p in preds.items() if p.raw.ndim == 3), None)
+
+tab_overlay, tab_side, tab_table, tab_stage, tab_export = st.tabs(
+    [":material/layers: Overlay", ":material/view_column: Side by side", ":material/table: Landmarks",
+     ":material/timeline: CVM stage", ":material/download: Export"])
+
+with tab_overlay:
+    c_fig, c_ctl = st.columns([3, 1])
+    with c_ctl:
+        opacity = 0.0
+        if heat_model:
+            opacity = st.slider(f"{heat_model} heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="cmp_opacity",
+                                help="The U-Net's predicted mask / max over its 19 heatmaps, warped onto the ROI.")
+        else:
+            st.caption("No heatmap: neither model predicts a mask/heatmap.")
+        show_numbers = st.toggle("Landmark numbers", True, key="cmp_numbers")
+        show_truth = st.toggle("Ground truth", True, key="cmp_truth", disabled=truth_layer is None)
+        st.caption("Hover a point for its name, position and confidence. Scroll to zoom, drag to pan, "
+                   "double-click to reset.")
+        st.markdown("**Legend**")
+        for m in preds:
+            st.markdown(f"<span style='color:{colors[m]}'>●</span> {m}", unsafe_allow_html=True)
+        if truth_layer is not None:
+            st.markdown(f"<span style='color:{viz.TRUTH_COLOR}'>✕</span> ground truth", unsafe_allow_html=True)
+    response = preds[heat_model].response_map_roi() if heat_model and opacity > 0 else None
+    overlay_layers = layers + ([truth_layer] if truth_layer is not None and show_truth else [])
+    with c_fig:
+        fig = viz.landmark_figure(roi_image, overlay_layers, response=response, response_opacity=opacity,
+                                  response_name=f"{heat_model} heatmap", show_numbers=show_numbers, height=680)
+        st.plotly_chart(fig, key="cmp_overlay_fig", config={"scrollZoom": True, "displaylogo": False})
+
+with tab_side:
+    side = st.columns(len(preds))
+    for col, (m, p), layer in zip(side, preds.items(), layers):
+        with col:
+            resp = p.response_map_roi() if p.raw.ndim == 3 else None
+            lay = [layer] + ([truth_layer] if truth_layer is not None else [])
+            f = viz.landmark_figure(roi_image, lay, response=resp, response_opacity=0.35 if resp is not None else 0,
+                                    title=f"{m} · {p.ms['total']:.0f} ms", height=640)
+            st.plotly_chart(f, key=f"cmp_side_{m}", config={"scrollZoom": True, "displaylogo": False})
+
+with tab_table:
+    table = viz.comparison_table({m: (p.landmarks_roi, p.confidence) for m, p in preds.items()},
+                                 truth=truth_roi, spacing_mm=spacing)
+    st.dataframe(table, hide_index=True, width="stretch", height=38 + 35 * 19)
+    st.caption(f"x, y in ROI pixels; confidence is the heatmap peak (empty for regression models); "
+               f"mm at {spacing:.4g} mm/px. A↔B: distance between the two models' points.")
+
+with tab_stage:
+    st.info(CAVEAT, icon=":material/info:")
+    scols = st.columns(len(preds) + (1 if truth_stage else 0))
+    for col, m in zip(scols, preds):
+        with col:
+            if m in stages:
+                ui.stage_card(m, stages[m], colors[m], true_stage=inp.true_stage)
+            else:
+                st.warning(f"**{m}**: no stage — {stage_errors.get(m)}")
+    if truth_stage:
+        with scols[-1]:
+            ui.stage_card("from the true landmarks", truth_stage, viz.TRUTH_COLOR, true_stage=inp.true_stage)
+
+with tab_export:
+    base = inp.name.rsplit(".", 1)[0]
+    st.markdown("**Landmarks (study CSV format)** — coordinates in the frame of the input image "
+                f"`{inp.name}`" + (" (full cephalogram)" if inp.kind == "full" else ""))
+    from cvs_core.annotations import format_annotations  # noqa: E402
+
+    ecols = st.columns(len(preds) + 2)
+    for col, (m, p) in zip(ecols, preds.items()):
+        lm = p.landmarks / inp.scale  # back to the uploaded file's pixel frame when it was downscaled
+        col.download_button(f"{m}.csv", format_annotations(([inp.name], lm[None])), file_name=f"{base}_{m}.csv",
+                            mime="text/csv", icon=":material/table:", on_click="ignore", key=f"dl_csv_{m}")
+    overlay = viz.overlay_png(roi_image, overlay_layers,
+                              response=preds[heat_model].response_map_roi() if heat_model and opacity > 0 else None,
+                              response_opacity=opacity)
+    ecols[-2].download_button("overlay.png", overlay, file_name=f"{base}_overlay.png", mime="image/png",
+                              icon=":material/image:", on_click="ignore", key="dl_png")
+    report = viz.json_report(
+        image={"name": inp.name, "source": inp.source, "kind": inp.kind, "width": int(inp.image.shape[1]),
+               "height": int(inp.image.shape[0]), "roi": roi, "roi_size": list(roi_image.shape[::-1]),
+               "scale_from_file": inp.scale, "generated_stage": inp.true_stage},
+        models={m: {"landmarks_roi": p.landmarks_roi, "landmarks_input": p.landmarks, "confidence": p.confidence,
+                    "timings_ms": p.ms, "stage": stages[m].to_dict() if m in stages else None,
+                    "preprocess": p.preprocessed.config.to_dict()} for m, p in preds.items()},
+        truth=truth_roi, spacing_mm=spacing)
+    report["comparison"] = json.loads(table.to_json(orient="records"))
+    report["caveat"] = CAVEAT
+    ecols[-1].download_button("report.json", json.dumps(report, indent=2), file_name=f"{base}_report.json",
+                              mime="application/json", icon=":material/data_object:", on_click="ignore",
+                              key="dl_json")
+    st.image(overlay, caption="overlay.png preview", width=260)

@@ -1,0 +1,69 @@
+"""Home: what the app does, a picture, links to each page, caveats."""
+import streamlit as st
+
+from pages import ui
+
+ui.page_header("CVS Staging Lab",
+               "Cervical vertebral maturation from lateral cephalograms — 19 landmarks on C2–C4, "
+               "two deep-learning approaches side by side, and the CS1–CS6 stage they imply.",
+               ":material/skeleton:")
+
+left, right = st.columns([1.35, 1], gap="large")
+with left:
+    st.markdown(
+        """
+Orthodontists time treatment by the patient's growth spurt, and the shape of the cervical vertebrae
+on the routine cephalogram tells where the patient is on that curve (the **CVM stage**, McNamara &
+Franchi). This lab reproduces and extends a published student study that compared a **U-Net**
+(predicts a landmark mask/heatmap) with an **InceptionResNetV2** regressor (predicts the 38
+coordinates directly):
+
+- find the **19 landmarks** on C2–C4 with both models on the same image and compare them,
+- turn landmarks into a **CVM stage** with the measurements and rule that decided it,
+- see how **CLAHE** contrast settings change what the models see,
+- score models with **PCK / MRE / SDR** at any threshold, next to the study's reported numbers,
+- **train** new models in the background and manage the registered ones.
+"""
+    )
+    st.markdown("#### Pages")
+    links = [
+        ("pages/compare.py", "Compare", ":material/compare:",
+         "both models on a sample, a phantom or your image; overlay, table, stage, downloads"),
+        ("pages/clahe_lab.py", "CLAHE lab", ":material/tune:",
+         "contrast settings before/after, histograms, live re-prediction"),
+        ("pages/evaluation.py", "PCK evaluation", ":material/query_stats:",
+         "dataset metrics with an instant threshold slider, worst-image gallery"),
+        ("pages/training.py", "Training", ":material/model_training:",
+         "background training runs with live curves, cancel, register"),
+        ("pages/models.py", "Models", ":material/deployed_code:",
+         "manifests, metrics, upload a .keras / study .h5, delete"),
+    ]
+    for path, label, icon, what in links:
+        c1, c2 = st.columns([0.33, 0.67], vertical_alignment="center")
+        c1.page_link(path, label=label, icon=icon)
+        c2.caption(what)
+
+with right:
+    st.image(str(ui.ROOT / "docs" / "phantoms_vs_real.png"),
+             caption="Synthetic phantoms (left) next to the study's public ROI samples (right); "
+                     "phantoms have exact landmarks and a known stage.",
+             width="stretch")
+
+st.markdown("#### Read the results with care")
+c1, c2, c3, c4 = st.columns(4)
+with c1.container(border=True, height="stretch"):
+    st.markdown(":material/psychology_alt: **The stage is an estimate**")
+    st.caption("CS1–CS6 is derived from landmark geometry with published rules; read it with age, sex and "
+               "the radiograph. Human raters agree on the stage less than half of the time.")
+with c2.container(border=True, height="stretch"):
+    st.markdown(":material/straighten: **Nominal pixel spacing**")
+    st.caption("The study did not publish a pixel size. Millimetres use a nominal 0.25 mm/px in the "
+               "250×600 ROI (0.125 mm/px in the full cephalogram) unless a DICOM header gives its own.")
+with c3.container(border=True, height="stretch"):
+    st.markdown(":material/science: **Phantoms are synthetic**")
+    st.caption("Only two labelled real images are public, so most training and testing uses generated "
+               "phantoms. They look like the samples but are not patients.")
+with c4.container(border=True, height="stretch"):
+    st.markdown(":material/model_training: **Demo models**")
+    st.caption("The shipped models were trained on phantoms plus the 2 public images — a demonstration, "
+               "not a clinical tool. Their numbers are not the study's.")

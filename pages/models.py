@@ -1,0 +1,161 @@
+"""Models: registered model folders with their manifests; upload a .keras / study .h5; delete user models."""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from pages import ui
+
+ui.page_header("Models", "Every registered model is a folder with `model.keras` and a `manifest.json` that records "
+               "its architecture, preprocessing, codec, training data, metrics and weights checksum.",
+               ":material/deployed_code:")
+
+from cvs_core import registry  # noqa: E402
+
+ss = st.session_state
+infos = ui.model_infos()
+
+# ----------------------------------------------------------------------------- table
+if not infos:
+    st.info("No model is registered yet. Run `make run` (prepares the demo models), train one on the Training "
+            "page, or upload one below.", icon=":material/info:")
+else:
+    rows = []
+    for m in infos:
+        man = m.manifest
+        pre = man.get("preprocess", {})
+        size = man.get("input_size") or pre.get("input_size")
+        metrics = man.get("metrics") or {}
+        best = metrics.get("best_val_mre_px")
+        rows.append({
+            "name": m.name, "kind": "shipped" if m.shipped else "user",
+            "architecture": man.get("architecture"), "codec": (man.get("codec") or {}).get("kind"),
+            "input (h×w×c)": f"{size[0]}×{size[1]}×{pre.get('channels', 1)}" if size else "—",
+            "CLAHE": f"{pre.get('clahe_clip')}/{pre.get('clahe_tile')}" if pre.get("clahe") else "off",
+            "params": man.get("n_params"), "best val MRE px": best,
+            "ImageNet": man.get("imagenet_weights"), "created": (man.get("created") or "")[:19],
+        })
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
+        "params": st.column_config.NumberColumn(format="%,d"),
+        "best val MRE px": st.column_config.NumberColumn(format="%.2f"),
+        "ImageNet": st.column_config.CheckboxColumn("ImageNet")})
+
+    st.subheader("Details")
+    pick = st.selectbox("Model", [m.name for m in infos], key="models_pick")
+    info = next(m for m in infos if m.name == pick)
+    man = info.manifest
+    c1, c2 = st.columns([1, 1.3], gap="large")
+    with c1:
+        training = man.get("training") or {}
+        data = training.get("data") or {}
+        st.markdown(f"**Architecture** `{man.get('architecture')}` · builder `{json.dumps(man.get('builder_kwargs', {}))}`")
+        st.markdown(f"**Codec** `{json.dumps(man.get('codec'))}`")
+        st.markdown(f"**Preprocessing** `{json.dumps(man.get('preprocess'))}`")
+        st.markdown(f"**Training** preset `{training.get('preset', '—')}`, epochs run {training.get('epochs_run', '—')}, "
+                    f"data: {', '.join(f'{k}={v}' for k, v in data.items() if v not in (None, 0)) or '—'}")
+        st.markdown(f"**Metrics** `{json.dumps(man.get('metrics', {}))}`")
+        st.markdown(f"**Weights sha256** `{man.get('weights_sha256', '—')}`")
+        st.markdown(f"**ImageNet backbone weights** {'yes' if man.get('imagenet_weights') else 'no'} · "
+                    f"backend `{man.get('backend')}` · Keras {man.get('keras_version')} · schema "
+                    f"`{man.get('landmark_schema')}`")
+        st.caption(f"Folder: `{info.folder}`")
+        if not info.shipped:
+            with st.popover("Delete this model", icon=":material/delete:"):
+                st.write(f"Delete the user model **{pick}** and its files?")
+                if st.button("Yes, delete", type="primary", key="models_delete"):
+                    try:
+                        registry.delete_model(pick)
+                        st.cache_resource.clear()
+                        st.rerun()
+                    except Exception as exc:  # noqa: BLE001
+                        ui.show_error("Could not delete", exc)
+        else:
+            st.caption("Shipped models cannot be deleted from the app.")
+    with c2:
+        with st.expander("manifest.json", expanded=False, icon=":material/data_object:"):
+            st.json(man, expanded=2)
+
+# ----------------------------------------------------------------------------- upload
+st.subheader("Upload a model")
+st.caption("A Keras 3 `.keras` file (loaded in safe mode — no arbitrary code) or one of the study's `.h5` files "
+           "(full model or weights only). Say how it was trained; the manifest is written from your answers.")
+from cvs_core.networks import BUILDERS  # noqa: E402
+from cvs_core.train import preset_defaults  # noqa: E402
+
+with st.form("model_upload"):
+    u1, u2, u3 = st.columns(3, gap="medium")
+    with u1:
+        up = st.file_uploader("Model file", type=["keras", "h5"], key="models_file")
+        new_name = st.text_input("Name", key="models_name", placeholder="e.g. study_unet")
+    with u2:
+        arch = st.selectbox("Architecture", list(BUILDERS), key="models_arch")
+        preset = st.radio("Preprocessing preset", ["seed", "improved"], horizontal=True, key="models_preset",
+                          help="seed: exactly the study's preprocessing for this architecture.")
+    with u3:
+        codec_kind = st.selectbox("Codec (output → landmarks)", ["auto (from architecture)", "mask", "heatmap",
+                                                                   "regression (raw px)", "regression (normalised)"],
+                                  key="models_codec")
+        builder = st.text_input("Builder arguments (JSON, weights-only .h5)", "{}", key="models_builder")
+    go = st.form_submit_button("Register uploaded model", type="primary", icon=":material/upload:")
+
+
+def _register_upload(up, name: str, arch: str, preset: str, codec_kind: str, builder_json: str) -> Path:
+    import keras
+
+    from cvs_core.codecs import HeatmapCodec, MaskCodec, RegressionCodec
+    from cvs_core.networks import CUSTOM_OBJECTS
+    from cvs_core.preprocess import PreprocessConfig
+
+    if up is None:
+        raise ValueError("choose a .keras or .h5 file")
+    if not name:
+        raise ValueError("give the model a name")
+    try:
+        builder_kwargs = json.loads(builder_json or "{}")
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"builder arguments are not valid JSON: {exc}") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(up.name).name
+        path.write_bytes(up.getvalue())
+        if path.suffix == ".h5":
+            model = registry.load_legacy_h5(path, architecture=arch, builder_kwargs=builder_kwargs)
+        else:
+            try:
+                model = keras.saving.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False, safe_mode=True)
+            except Exception as exc:  # noqa: BLE001
+                raise registry.ModelError(f"could not load {up.name} (safe mode): {exc}") from exc
+        h, w, c = (int(v) for v in model.input_shape[1:4])
+        pre = PreprocessConfig.from_dict(preset_defaults(arch, preset)["preprocess"]).replace(
+            input_size=[h, w], channels=c)
+        kind = codec_kind
+        if kind.startswith("auto"):
+            kind = {"unet_seed": "mask", "unet_heatmap": "heatmap", "inception_seed": "regression (raw px)",
+                    "inception_gap": "regression (normalised)"}[arch]
+        out_shape = tuple(model.output_shape[1:])
+        if kind == "mask":
+            codec, want = MaskCodec(input_size=(h, w)), (h, w, 1)
+        elif kind == "heatmap":
+            codec, want = HeatmapCodec(input_size=(h, w)), (h, w, 19)
+        else:
+            codec, want = RegressionCodec(input_size=(h, w), normalize="normalised" in kind), (38,)
+        if out_shape != want:
+            raise registry.ModelError(f"the model outputs {out_shape}, but a {kind} codec needs {want}")
+        manifest = registry.base_manifest(
+            name=name, architecture=arch, builder_kwargs=builder_kwargs, preprocess=pre, codec=codec,
+            training={"preset": preset, "data": {"source": f"uploaded file {up.name}"}},
+            metrics={}, imagenet_weights=None, uploaded_from=up.name)
+        folder = registry.save_model_folder(model, Path(tmp) / "folder", manifest)
+        return registry.register_model_folder(folder, name)
+
+
+if go:
+    try:
+        with st.spinner("Loading and checking the model…"):
+            dst = _register_upload(up, new_name.strip(), arch, preset, codec_kind, builder)
+        st.success(f"Registered **{new_name}** in `{dst}`", icon=":material/check:")
+    except Exception as exc:  # noqa: BLE001
+        ui.show_error("Could not register the uploaded model", exc)
