@@ -1,0 +1,127 @@
+"""Background training runs (cvs_core.runs): start, list, metrics, log, cancel, register, crash
+detection, and the safe extraction of uploaded dataset zips."""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import time
+import zipfile
+
+import pytest
+
+from cvs_core import registry, runs
+from cvs_core.preprocess import PreprocessConfig
+from cvs_core.train import TrainConfig
+
+
+def tiny_config(epochs: int = 1, phantoms: int = 8, **kw) -> TrainConfig:
+    return TrainConfig(model="unet_heatmap", phantoms=phantoms, val_phantoms=2, epochs=epochs, batch_size=4,
+                       builder_kwargs=dict(base_filters=4, depth=2),
+                       preprocess=PreprocessConfig(input_size=(96, 40), resize_first=False).to_dict(), **kw)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("CVS_HOME", str(tmp_path / "cvs"))
+    return tmp_path / "cvs"
+
+
+def wait_for(run_id: str, statuses, timeout: float = 150.0) -> dict:
+    deadline = time.time() + timeout
+    info = runs.run_info(run_id)
+    while time.time() < deadline:
+        info = runs.run_info(run_id)
+        if info["status"] in statuses:
+            return info
+        time.sleep(0.5)
+    raise AssertionError(f"run {run_id} stayed {info['status']!r}; log:\n{runs.log_tail(run_id, 40)}")
+
+
+def wait_running(run_id: str, timeout: float = 90.0) -> None:
+    """Until train() has written 'running' (TF imported, SIGTERM handler installed)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if runs.run_info(run_id)["status"] == "running":
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"run never started: {runs.log_tail(run_id, 40)}")
+
+
+def test_start_list_metrics_register(home):
+    run_id = runs.start_run(tiny_config(epochs=2, name="tiny_run"))
+    assert (home / "runs" / run_id / "run.json").is_file()
+    listed = runs.list_runs()
+    assert [r["id"] for r in listed] == [run_id]
+    assert listed[0]["status"] in ("starting", "running")
+
+    info = wait_for(run_id, runs.FINAL)
+    assert info["status"] == "succeeded", runs.log_tail(run_id, 40)
+    assert info["progress"] == 1.0 and info["epoch"] == 2 and info["epochs"] == 2
+    assert info["best"] is not None and info["model_dir"]
+    df = runs.read_metrics(run_id)
+    assert list(df["epoch"]) == [1, 2] and "loss" in df and "val_mre_px" in df
+    assert "epoch 2/2" in runs.log_tail(run_id, 50)
+
+    folder = runs.register_run_model(run_id, "from_run")
+    assert folder == registry.user_models_dir() / "from_run"
+    assert "from_run" in [m.name for m in registry.list_models()]
+    assert runs.run_info(run_id)["registered_as"] == "from_run"
+    with pytest.raises(registry.ModelError):
+        runs.register_run_model(run_id, "from_run")  # the name is taken now
+    runs.delete_run(run_id)
+    assert runs.list_runs() == []
+
+
+def test_cancel_stops_the_process_group(home):
+    run_id = runs.start_run(tiny_config(epochs=500, phantoms=64))
+    wait_running(run_id)
+    info = runs.cancel(run_id, wait_s=60)
+    assert info["status"] == "cancelled", runs.log_tail(run_id, 40)
+    assert not info["alive"]
+    with pytest.raises(ValueError):
+        runs.register_run_model(run_id, "nope")
+
+
+def test_killed_run_shows_failed_even_after_app_restart(home):
+    run_id = runs.start_run(tiny_config(epochs=500, phantoms=64))
+    pid = runs.run_info(run_id)["pid"]
+    time.sleep(1.0)
+    os.killpg(pid, signal.SIGKILL)
+    runs._CHILDREN.clear()  # as if the app had restarted: only the files on disk remain
+    info = wait_for(run_id, runs.FINAL, timeout=20)
+    assert info["status"] == "failed"
+    assert "process exited" in info["status_text"]
+    assert runs.run_info(run_id)["status"] == "failed"  # persisted
+    with pytest.raises(ValueError):
+        runs.run_info("../etc")
+
+
+def _zip(entries: dict, compression=zipfile.ZIP_DEFLATED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_extract_dataset_zip(home, samples_dir):
+    csv = (samples_dir / "train_data.csv").read_text().splitlines()
+    rows = [csv[0]] + [r for r in csv[1:] if r.startswith("LC (1).jpg")]
+    good = _zip({"set/labels.csv": "\n".join(rows) + "\n",
+                 "set/images/LC (1).jpg": (samples_dir / "roi" / "LC (1).jpg").read_bytes()})
+    csv_path, images = runs.extract_dataset_zip(good)
+    assert csv_path.name == "labels.csv" and (images / "LC (1).jpg").is_file()
+    assert str(csv_path).startswith(str(home / "uploads"))
+    assert runs.extract_dataset_zip(good) == (csv_path, images)  # extracted once
+
+    for bad, msg in [
+        (_zip({"/etc/passwd.csv": "x"}), "absolute"),
+        (_zip({"../evil.csv": "x"}), "outside"),
+        (_zip({"a.csv": "image_name\n", "bomb.bin": b"\0" * 5_000_000}), "zip bomb"),
+        (b"PK\x03\x04 definitely not a zip", "zip"),
+        (_zip({"readme.txt": "no csv"}), "no .csv"),
+    ]:
+        with pytest.raises(runs.DatasetZipError, match=msg):
+            runs.extract_dataset_zip(bad)
+    assert not (home / "evil.csv").exists() and not (home / "uploads" / "evil.csv").exists()
