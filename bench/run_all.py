@@ -1,0 +1,69 @@
+"""Run the benchmarks and print one summary table of the DESIGN §8 ratios.
+
+``.venv/bin/python bench/run_all.py [--n 64] [--model DIR] [--no-memory]``
+- bench_pck.run(): PCK re-scoring, 1,000 images × 19 × 2 models (≤ 5 ms, ≥ 100× vs a Python loop);
+- bench_pipeline.run(): end-to-end evaluation throughput vs a study-style loop (≥ 3×) and peak
+  memory for N vs 4N images (flat).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import bench_pck  # noqa: E402
+import bench_pipeline  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="run all benchmarks")
+    p.add_argument("--n", type=int, default=64, help="phantoms for the pipeline bench")
+    p.add_argument("--model", default=None, help="model folder for the pipeline bench")
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--tiny", action="store_true", help="pipeline bench on the tiny test model")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+
+    print("=" * 100)
+    pck = bench_pck.run()
+    print("=" * 100)
+    pipe = bench_pipeline.run(n=args.n, model=args.model, memory=not args.no_memory, tiny=args.tiny)
+    print("=" * 100)
+
+    rows = [
+        ("PCK re-score, 1000×19×2 (SortedErrors)", f"{pck['sorted_rescore_ms']:.4f} ms", "≤ 5 ms",
+         pck["sorted_rescore_ms"] <= bench_pck.TARGET_MS),
+        ("PCK re-score vs study Python loop", f"{pck['ratio_loop_over_sorted']:,.0f}×", "≥ 100×",
+         pck["ratio_loop_over_sorted"] >= 100),
+        (f"evaluation throughput vs study loop (N={pipe['n_images']})", f"{pipe['ratio']:.1f}× "
+         f"({pipe['ours_images_per_s']:.1f} vs {pipe['study_images_per_s']:.1f} img/s)", "≥ 3×",
+         pipe["ratio"] >= bench_pipeline.TARGET_RATIO),
+    ]
+    if "peak_rss_mb_n" in pipe:
+        growth = pipe["peak_rss_growth_mb"]
+        rows.append((f"peak RSS N={pipe['n_images']} → 4N", f"{pipe['peak_rss_mb_n']:.0f} → {pipe['peak_rss_mb_4n']:.0f} MB "
+                     f"({growth:+.0f} MB)", "flat", abs(growth) <= max(50.0, 0.05 * pipe["peak_rss_mb_n"])))
+        if pipe.get("predict_peak_mb_n") is not None:
+            g = pipe["predict_peak_mb_4n"] - pipe["predict_peak_mb_n"]
+            rows.append(("  peak RSS during prediction only, N → 4N",
+                         f"{pipe['predict_peak_mb_n']:.0f} → {pipe['predict_peak_mb_4n']:.0f} MB ({g:+.0f} MB)", "flat",
+                         abs(g) <= max(50.0, 0.05 * pipe["predict_peak_mb_n"])))
+    w = max(len(r[0]) for r in rows)
+    print(f"{'benchmark':<{w}}  {'measured':<34} {'target':<8} result")
+    print("-" * (w + 56))
+    for name, got, target, ok in rows:
+        print(f"{name:<{w}}  {got:<34} {target:<8} {'PASS' if ok else 'FAIL'}")
+    print(f"pipeline model: {pipe['model']}; {pipe['cpu_count']} CPU cores")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"pck": pck, "pipeline": pipe}, indent=2, default=float))
+    return 0 if all(r[3] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
