@@ -308,6 +308,40 @@ def histogram_figure(images: dict[str, np.ndarray], height: int = 220,
     return _base_layout(fig, height)
 
 
+def histogram_image(images: dict[str, np.ndarray], size: tuple[int, int] = (760, 170),
+                    colors: tuple[str, ...] = ("#90a4ae", "#4fc3f7"), background: str = "#0e1117") -> np.ndarray:
+    """Grey-level histograms of uint8 images drawn with OpenCV → RGB ``(h, w, 3)`` (size is (w, h)).
+
+    A cheap picture for pages that re-render on every slider move (a plotly chart costs the browser
+    tens of milliseconds per update; an image costs almost nothing). Curves are scaled to the
+    99th-percentile bin so a spike at 0 or 255 does not flatten the rest."""
+    w, h = size
+    pad_l, pad_b, pad_t = 8, 18, 22
+    canvas = np.zeros((h, w, 3), np.uint8)
+    canvas[:] = _hex_to_bgr(background)
+    hists = {k: histogram_counts(v) for k, v in images.items()}
+    top = max(float(np.percentile(np.concatenate(list(hists.values())), 99.5)), 1e-9) * 1.1
+    plot_w, plot_h = w - 2 * pad_l, h - pad_b - pad_t
+    xs = pad_l + np.arange(256) * plot_w / 255.0
+    for i, (name, hist) in enumerate(hists.items()):
+        ys = pad_t + plot_h - np.clip(hist / top, 0, 1) * plot_h
+        poly = np.concatenate([[[pad_l, pad_t + plot_h]], np.stack([xs, ys], 1), [[pad_l + plot_w, pad_t + plot_h]]])
+        layer = canvas.copy()
+        color = _hex_to_bgr(colors[i % len(colors)])
+        cv2.fillPoly(layer, [np.round(poly).astype(np.int32)], color, cv2.LINE_AA)
+        canvas = cv2.addWeighted(layer, 0.35, canvas, 0.65, 0)
+        cv2.polylines(canvas, [np.round(np.stack([xs, ys], 1)).astype(np.int32)], False, color, 1, cv2.LINE_AA)
+        cv2.rectangle(canvas, (pad_l + 4 + 90 * i, 6), (pad_l + 14 + 90 * i, 16), color, -1)
+        cv2.putText(canvas, name, (pad_l + 20 + 90 * i, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (230, 230, 230), 1,
+                    cv2.LINE_AA)
+    cv2.line(canvas, (pad_l, pad_t + plot_h), (pad_l + plot_w, pad_t + plot_h), (90, 90, 90), 1)
+    for level in (0, 64, 128, 192, 255):
+        x = int(round(pad_l + level * plot_w / 255))
+        cv2.putText(canvas, str(level), (min(x, w - 26), h - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.36, (150, 150, 150), 1,
+                    cv2.LINE_AA)
+    return cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)
+
+
 def training_curves_figure(metrics: pd.DataFrame, height: int = 320) -> go.Figure:
     """Loss curves (left) and validation landmark error in ROI px (right) from a run's metrics.csv."""
     from plotly.subplots import make_subplots

@@ -106,8 +106,9 @@ def lab(src: np.ndarray, kind: str, src_key: str):
                   help=f"CLAHE{' + bilateral' if bil_on else ''} at full resolution ({src.shape[1]}×{src.shape[0]} px)")
         m2.metric("contrast (SD)", f"{after.std():.1f}", f"{after.std() - before.std():+.1f}")
         m3.metric("mean grey", f"{after.mean():.0f}", f"{after.mean() - before.mean():+.0f}")
-        st.plotly_chart(viz.histogram_figure({"before": before, "after": after}, height=200),
-                        key="lab_hist", config={"displayModeBar": False})
+        with st.container(key="lab_hist"):
+            st.image(viz.encode_image(viz.histogram_image({"before": before, "after": after}), "png"),
+                     caption="grey-level histograms", width="stretch")
 
     if live:
         names = ui.model_names()
