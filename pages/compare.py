@@ -33,9 +33,10 @@ with st.container(border=True):
         inp: ui.InputImage | None = None
         if source == "Sample":
             samples = ui.sample_names()
-            sc1, sc2 = st.columns([1, 1])
+            sc1, sc2 = st.columns([1.15, 1])
             name = sc1.selectbox("Sample", samples, key="cmp_sample",
-                                 format_func=lambda n: n + ("  ✓ labelled" if n in ui.sample_truth() else ""))
+                                 format_func=lambda n: n.rsplit(".", 1)[0] + (" ✓" if n in ui.sample_truth() else ""),
+                                 help="✓ = annotated: ground truth and errors are shown (LC (1), LC (11)).")
             kind = sc2.radio("Image", ["ROI", "Full cephalogram"], key="cmp_sample_kind",
                              help="The 250×600 vertebral ROI, or the 1804×2136 original (the ROI is then cut "
                                   "with the study preset or your box).")
@@ -188,27 +189,29 @@ if truth_roi is not None:
 cols = st.columns(len(preds) + (1 if truth_roi is not None else 0))
 for col, (m, p) in zip(cols, preds.items()):
     with col.container(border=True):
-        st.markdown(f"<span style='color:{colors[m]};font-weight:600'>● {m}</span> "
-                    f"<small>{p.preprocessed.config.input_size[1]}×{p.preprocessed.config.input_size[0]} input · "
-                    f"{'heatmap' if p.raw.ndim == 3 else 'regression'}</small>", unsafe_allow_html=True)
-        k1, k2, k3 = st.columns(3)
-        k1.metric("CVM stage", stages[m].label if m in stages else "—")
         found = int(np.isfinite(p.landmarks_roi).all(axis=1).sum())
-        k2.metric("landmarks", f"{found}/19")
+        size = p.preprocessed.config.input_size
+        st.markdown(f"<span style='color:{colors[m]};font-weight:600'>● {m}</span>", unsafe_allow_html=True)
+        k1, k2 = st.columns(2)
+        k1.metric("CVM stage", stages[m].label if m in stages else "—",
+                  help=stages[m].confidence if m in stages else stage_errors.get(m))
         if truth_roi is not None:
             s = viz.error_summary(p.landmarks_roi, truth_roi, spacing)
-            k3.metric("MRE", f"{s['mre_mm']:.2f} mm" if s["mre_mm"] is not None else "—",
-                      help=f"{s['mre_px']:.1f} ROI px" if s["mre_px"] is not None else None)
+            k2.metric("MRE (mm)", f"{s['mre_mm']:.2f}" if s["mre_mm"] is not None else "—",
+                      help=f"{s['mre_px']:.1f} ROI px; {s['within_2mm'] * 100:.0f}% of landmarks within 2 mm"
+                      if s["mre_px"] is not None else None)
         else:
-            k3.metric("time", f"{p.ms['total']:.0f} ms")
+            k2.metric("time (ms)", f"{p.ms['total']:.0f}")
+        st.caption(f"{found}/19 landmarks · {'heatmap' if p.raw.ndim == 3 else 'regression'} · "
+                   f"{size[1]}×{size[0]} input · {p.ms['total']:.0f} ms")
 if truth_roi is not None:
     with cols[-1].container(border=True):
-        st.markdown(f"<span style='color:{viz.TRUTH_COLOR};font-weight:600'>✕ ground truth</span> "
-                    f"<small>{'phantom' if inp.source == 'phantom' else 'annotation'}</small>",
+        st.markdown(f"<span style='color:{viz.TRUTH_COLOR};font-weight:600'>✕ ground truth</span>",
                     unsafe_allow_html=True)
         k1, k2 = st.columns(2)
-        k1.metric("stage (landmarks)", truth_stage.label if truth_stage else "—")
+        k1.metric("CVM stage", truth_stage.label if truth_stage else "—", help="from the true landmarks")
         k2.metric("generated as", f"CS{inp.true_stage}" if inp.true_stage else "—")
+        st.caption("phantom: exact landmarks" if inp.source == "phantom" else "annotated landmarks")
 st.caption(f":material/warning: {CAVEAT}")
 st.caption(f"Coordinates in the ROI frame ({roi_image.shape[1]}×{roi_image.shape[0]} px) · spacing "
            f"**{spacing:.4g} mm/px** ({'from the DICOM header' if inp.spacing_mm and inp.source == 'upload' else 'nominal'}"

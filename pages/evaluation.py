@@ -175,7 +175,7 @@ for col, m in zip(mcols, psets):
         st.markdown(f"<span style='color:{colors[m]};font-weight:600'>● {m}</span>", unsafe_allow_html=True)
         k1, k2, k3 = st.columns(3)
         k1.metric(f"PCK @ {threshold:g} {label}", f"{se[m].pck(threshold) * 100:.1f}%")
-        k2.metric("MRE", f"{s['mre_mm']:.2f} mm" if s["mre_mm"] is not None else "—",
+        k2.metric("MRE (mm)", f"{s['mre_mm']:.2f}" if s["mre_mm"] is not None else "—",
                   help=f"{s['mre_px']:.2f} ROI px ± {s['sd_px']:.2f}" if s["mre_px"] is not None else None)
         k3.metric("SDR @ 2 mm", f"{s['sdr']['2.0'] * 100:.1f}%")
 

@@ -45,8 +45,8 @@ coordinates directly):
 
 with right:
     st.image(str(ui.ROOT / "docs" / "phantoms_vs_real.png"),
-             caption="Synthetic phantoms (left) next to the study's public ROI samples (right); "
-                     "phantoms have exact landmarks and a known stage.",
+             caption="Top: the study's five public ROI samples. Bottom: synthetic phantoms generated for "
+                     "CS1–CS6, with exact landmarks and a known stage.",
              width="stretch")
 
 st.markdown("#### Read the results with care")

@@ -113,7 +113,7 @@ def test_compare_sample_two_models_and_stage(home):
         assert table[f"{m} x"].notna().sum() == 19 and table[f"{m} y"].notna().sum() == 19
         assert f"{m} err px" in table  # LC (1) has ground truth
     stages = [m.value for m in at.metric if m.label == "CVM stage"]
-    assert len(stages) == 2 and all(s.startswith("CS") for s in stages)
+    assert len(stages) == 3 and all(s.startswith("CS") for s in stages)  # two models + truth
     body = texts(at)
     assert "estimate" in body  # the caveat is always shown
     assert "Growth:" in body and "Why:" in body
