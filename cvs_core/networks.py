@@ -76,7 +76,7 @@ def build_unet_seed(input_size=(256, 256), n_filters: int = 64, dropout: float =
     return keras.Model(inputs, outputs, name="unet_seed")
 
 
-def build_unet_heatmap(input_size=(384, 160), base_filters: int = 16, depth: int = 4) -> keras.Model:
+def build_unet_heatmap(input_size=(384, 160), base_filters: int = 12, depth: int = 4) -> keras.Model:
     """Lean U-Net with one linear output channel per landmark (Gaussian heatmaps at input
     resolution); input keeps the ROI aspect (600:250 = 384:160). Widths base·2^level."""
     inputs = keras.Input((*input_size, 1), name="image")

@@ -106,7 +106,13 @@ class Predictor:
             import tensorflow as tf
 
             spec = tf.TensorSpec((None, *self.model.input_shape[1:]), tf.float32)
-            fn = tf.function(lambda x: self.model(x, training=False), input_signature=[spec])
+            model = self.model
+
+            @tf.autograph.experimental.do_not_convert
+            def forward(x):
+                return model(x, training=False)
+
+            fn = tf.function(forward, input_signature=[spec])
             return lambda x: fn(x).numpy()
         return self.model.predict_on_batch  # compiled (jit) by Keras on the other backends
 

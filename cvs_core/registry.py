@@ -21,6 +21,7 @@ from cvs_core.landmarks import SCHEMA_VERSION
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODELS_DIR = REPO_ROOT / "models"
 MANIFEST = "manifest.json"
+LOCAL_MANIFEST = "manifest.local.json"  # written when packed weights are unpacked on this machine
 WEIGHTS = "model.keras"
 DEMO_MODELS = ("unet_heatmap", "inception_resnet_v2")
 
@@ -164,7 +165,10 @@ def load_keras_model(folder: Path, verify: bool = True):
             unpack_model_folder(folder)
         else:
             raise ModelError(f"{weights} is missing")
-    if verify and manifest.get("weights_sha256") and sha256_file(weights) != manifest["weights_sha256"]:
+    expected = manifest.get("weights_sha256")
+    if expected is None and (folder / LOCAL_MANIFEST).is_file():
+        expected = json.loads((folder / LOCAL_MANIFEST).read_text()).get("weights_sha256")
+    if verify and expected and sha256_file(weights) != expected:
         raise ModelError(f"{weights} does not match the sha256 in its manifest (file changed or corrupt)")
     try:
         return keras.saving.load_model(weights, custom_objects=CUSTOM_OBJECTS, compile=False, safe_mode=True)

@@ -36,12 +36,12 @@ class TrainConfig:
     epochs: int | None = None
     lr: float | None = None
     batch_size: int | None = None
-    csv: str | None = None            # study-format CSV (ROI frame unless roi says otherwise)
-    images: str | None = None         # folder of the CSV's images
+    csv: str | list[str] | None = None     # study-format CSV(s), landmarks in the images' frame
+    images: str | list[str] | None = None  # folder(s) of the CSV's images, one per CSV
     phantoms: int = 0                 # phantoms rendered on the fly per epoch (0 = none)
     val_phantoms: int = 0             # fixed held-out phantoms for validation
     val_fraction: float = 0.2         # share of CSV rows held out when there are no val phantoms
-    repeat_csv: int = 1               # each CSV image appears this many times (augmented) per epoch
+    repeat_csv: int | list[int] = 1   # each CSV image appears this many times (augmented) per epoch
     seed: int = 0
     augment: bool | None = None
     rotation_deg: float = 8.0
@@ -55,6 +55,9 @@ class TrainConfig:
     early_stopping_patience: int = 15
     reduce_lr_patience: int = 5
     steps_per_epoch: int | None = None
+    time_limit_s: float | None = None  # stop (keeping the best checkpoint) after this long
+    workers: int = 1                  # threads preparing batches
+    init_from: str | None = None      # model folder (or name) whose weights start this run (fine-tuning)
     name: str | None = None
 
     def __post_init__(self):
@@ -68,6 +71,8 @@ class TrainConfig:
             raise ValueError("no training data: give a CSV (+ image folder) or phantoms > 0")
         if self.csv is not None and self.images is None:
             raise ValueError("--csv needs --images (the folder holding the CSV's images)")
+        if self.csv is not None and len(_as_list(self.csv)) != len(_as_list(self.images)):
+            raise ValueError("give one image folder per CSV")
         defaults = preset_defaults(self.model, self.preset)
         for key, value in defaults.items():
             if getattr(self, key) is None:
@@ -93,6 +98,10 @@ class TrainConfig:
 
     def preprocess_config(self) -> PreprocessConfig:
         return PreprocessConfig.from_dict(self.preprocess)
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def preset_defaults(model: str, preset: str) -> dict:
@@ -131,8 +140,16 @@ def make_codec(config: TrainConfig):
 
 
 def builder_kwargs(config: TrainConfig) -> dict:
+    """Builder arguments with every default spelled out, so the manifest pins the architecture."""
+    import inspect
+
+    from cvs_core.networks import BUILDERS
+
     kwargs = dict(config.builder_kwargs)
     kwargs.setdefault("input_size", tuple(config.preprocess_config().input_size))
+    for name, param in inspect.signature(BUILDERS[config.model]).parameters.items():
+        if name != "imagenet" and param.default is not inspect.Parameter.empty:
+            kwargs.setdefault(name, param.default)
     return kwargs
 
 
@@ -203,7 +220,8 @@ def encode_sample(image, landmarks, pre_config: PreprocessConfig, codec):
 def load_csv_samples(csv_path: str, image_dir: str) -> list[Sample]:
     from cvs_core.annotations import read_annotations
 
-    aset = read_annotations(csv_path, image_dir=image_dir, missing_images="skip")
+    # Landmarks slightly outside the image (e.g. C4 below a 600-px ROI) are kept: the codecs handle them.
+    aset = read_annotations(csv_path, image_dir=image_dir, missing_images="skip", check_bounds="warn")
     return [Sample(landmarks=aset.landmarks[i], path=str(Path(image_dir) / name))
             for i, name in enumerate(aset.names)]
 
@@ -274,20 +292,24 @@ def build_datasets(config: TrainConfig, codec):
     val_samples: list[Sample] = []
     summary = {"csv": config.csv, "images": config.images, "phantoms_per_epoch": config.phantoms,
                "val_phantoms": config.val_phantoms}
-    if config.csv:
-        csv_samples = load_csv_samples(config.csv, config.images)
+    csvs = _as_list(config.csv) if config.csv else []
+    repeats = _as_list(config.repeat_csv) * (len(csvs) if not isinstance(config.repeat_csv, list) else 1)
+    for csv_path, image_dir, repeat in zip(csvs, _as_list(config.images), repeats):
+        csv_samples = load_csv_samples(csv_path, image_dir)
         if not csv_samples:
-            raise ValueError(f"{config.csv}: no usable rows (all images missing?)")
+            raise ValueError(f"{csv_path}: no usable rows (all images missing?)")
         order = rng.permutation(len(csv_samples))
         n_val = 0 if config.val_phantoms > 0 or len(csv_samples) < 5 else max(1, int(len(csv_samples) * config.val_fraction))
         val_samples += [csv_samples[i] for i in order[:n_val]]
-        train_samples += [csv_samples[i] for i in order[n_val:]] * max(1, config.repeat_csv)
-        summary.update(csv_rows=len(csv_samples), csv_val_rows=n_val)
+        train_samples += [csv_samples[i] for i in order[n_val:]] * max(1, int(repeat))
+        summary.setdefault("csv_sources", []).append({"csv": str(csv_path), "rows": len(csv_samples),
+                                                       "val_rows": n_val, "repeat": int(repeat)})
     if config.val_phantoms:
         val_samples += [Sample(landmarks=None, phantom_seed=10_000_000 + config.seed * 1000 + i,
                                phantom_stage=i % 6 + 1) for i in range(config.val_phantoms)]
     train = LandmarkSequence(train_samples, config, codec, augment=config.augment, shuffle=True,
-                             seed=config.seed, fresh_phantoms=config.phantoms)
+                             seed=config.seed, fresh_phantoms=config.phantoms, workers=config.workers,
+                             use_multiprocessing=False)
     val = (LandmarkSequence(val_samples, config, codec, augment=False, shuffle=False, seed=config.seed)
            if val_samples else None)
     summary.update(n_train_per_epoch=len(train._current), n_val=len(val_samples))
@@ -316,6 +338,7 @@ class RunMonitor(_callbacks_module()):
         self.cancelled = False
         self.best = None
         self.t0 = time.time()
+        self._val_batches = None
         state = _read_json(run_dir / "state.json")
         self.best = state.get("best_val_mre_px")
 
@@ -326,6 +349,10 @@ class RunMonitor(_callbacks_module()):
             pass
         write_status(self.run_dir, "running", epoch=self.start_epoch, epochs=self.config.epochs, best=self.best)
 
+    def on_train_batch_end(self, batch, logs=None):
+        if self.config.time_limit_s and time.time() - self.t0 > self.config.time_limit_s:
+            self.model.stop_training = True
+
     def _on_sigterm(self, *_):
         self.cancelled = True
         self.model.stop_training = True
@@ -334,9 +361,10 @@ class RunMonitor(_callbacks_module()):
         if self.val is None:
             return None
         pre = self.val.pre_config
+        if self._val_batches is None:  # the validation set is fixed: render/read it once
+            self._val_batches = [self.val[b] for b in range(len(self.val))]
         errors = []
-        for b in range(len(self.val)):
-            x, y = self.val[b]
+        for x, y in self._val_batches:
             out = np.asarray(self.model.predict_on_batch(x))
             for o, t in zip(out, y):
                 pred, _ = self.codec.decode(o)
@@ -458,7 +486,11 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, verbose: boo
         else:
             for stale in ("metrics.csv", "state.json"):
                 (out_dir / stale).unlink(missing_ok=True)
-            model = build_model(config.model, **builder_kwargs(config))
+            if config.init_from:
+                from cvs_core.registry import load_keras_model, resolve_model
+                model = load_keras_model(resolve_model(config.init_from))
+            else:
+                model = build_model(config.model, **builder_kwargs(config))
             model.compile(optimizer=keras.optimizers.Adam(config.lr), loss=loss, metrics=metrics)
     train_seq.epoch = start_epoch
     train_seq._order = train_seq._make_order()
