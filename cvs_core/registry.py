@@ -196,7 +196,8 @@ def load_legacy_h5(path: Path, architecture: str | None = None, builder_kwargs: 
         raise ModelError(f"{path.name} is not an HDF5 (.h5) file: {exc}") from exc
     if full_model:
         try:
-            return keras.saving.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False)
+            return keras.saving.load_model(path, custom_objects={**CUSTOM_OBJECTS, **_legacy_layers()},
+                                           compile=False)
         except Exception as exc:  # noqa: BLE001
             raise ModelError(f"could not load the full model in {path.name}: {exc}") from exc
     if architecture is None:
@@ -207,6 +208,19 @@ def load_legacy_h5(path: Path, architecture: str | None = None, builder_kwargs: 
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"the weights in {path.name} do not fit {architecture} {builder_kwargs or ''}: {exc}") from exc
     return model
+
+
+def _legacy_layers() -> dict:
+    """Keras 3 stand-ins for layers whose TF 2.x configs carry arguments Keras 3 rejects."""
+    import keras
+
+    class Conv2DTranspose(keras.layers.Conv2DTranspose):
+        def __init__(self, *args, groups=1, **kwargs):  # TF 2.x wrote groups=1; Keras 3 has no such argument
+            if groups != 1:
+                raise ModelError("grouped transposed convolutions are not supported")
+            super().__init__(*args, **kwargs)
+
+    return {"Conv2DTranspose": Conv2DTranspose}
 
 
 def register_model_folder(src: Path, name: str, overwrite: bool = False) -> Path:
