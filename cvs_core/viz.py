@@ -147,9 +147,11 @@ def _hover(layer: PointLayer) -> list[str]:
 def landmark_figure(image: np.ndarray, layers: list[PointLayer], response: np.ndarray | None = None,
                     response_opacity: float = 0.5, response_name: str = "heatmap",
                     title: str | None = None, height: int = 640, show_numbers: bool = True,
-                    show_outlines: bool = True, quality: int = 90) -> go.Figure:
+                    show_outlines: bool = True, quality: int = 90, zoom_margin: float | None = None) -> go.Figure:
     """The ROI image with landmark markers (number labels; name, position and confidence on hover),
-    vertebra outlines (DESIGN §3) and an optional response map (``(H, W)`` in [0, 1]) on top."""
+    vertebra outlines (DESIGN §3) and an optional response map (``(H, W)`` in [0, 1]) on top.
+    zoom_margin: when set, the initial view is the landmarks' bounding box plus this many pixels
+    (the whole image stays reachable by zooming out / double-click)."""
     img = _to_uint8_grey_or_rgb(image)
     h, w = img.shape[:2]
     fig = go.Figure()
@@ -176,8 +178,15 @@ def landmark_figure(image: np.ndarray, layers: list[PointLayer], response: np.nd
             textposition="middle left" if len(layers) < 2 or layer is layers[0] else "middle right",
             textfont=dict(size=10, color=layer.color),
             hovertext=_hover(layer), hoverinfo="text"))
-    fig.update_xaxes(visible=False, range=[-0.5, w - 0.5], constrain="domain")
-    fig.update_yaxes(visible=False, range=[h - 0.5, -0.5], scaleanchor="x", constrain="domain")
+    x_range, y_range = [-0.5, w - 0.5], [h - 0.5, -0.5]
+    pts_all = np.concatenate([np.asarray(lay.landmarks, np.float64) for lay in layers]) if layers else np.zeros((0, 2))
+    pts_all = pts_all[np.isfinite(pts_all).all(axis=1)] if len(pts_all) else pts_all
+    if zoom_margin is not None and len(pts_all):
+        x0, y0 = np.maximum(pts_all.min(0) - zoom_margin, -0.5)
+        x1, y1 = np.minimum(pts_all.max(0) + zoom_margin, [w - 0.5, h - 0.5])
+        x_range, y_range = [float(x0), float(x1)], [float(y1), float(y0)]
+    fig.update_xaxes(visible=False, range=x_range, constrain="domain")
+    fig.update_yaxes(visible=False, range=y_range, scaleanchor="x", constrain="domain")
     fig.update_layout(template=TEMPLATE, height=height, margin=dict(l=0, r=0, t=36 if title else 8, b=0),
                       title=dict(text=title, x=0.01, font=dict(size=14)) if title else None,
                       legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0, bgcolor="rgba(0,0,0,0)"),

@@ -236,6 +236,7 @@ with tab_overlay:
         else:
             st.caption("No heatmap: neither model predicts a mask/heatmap.")
         show_numbers = st.toggle("Landmark numbers", True, key="cmp_numbers")
+        zoom = st.toggle("Zoom to the vertebrae", True, key="cmp_zoom")
         show_truth = st.toggle("Ground truth", True, key="cmp_truth", disabled=truth_layer is None)
         st.caption("Hover a point for its name, position and confidence. Scroll to zoom, drag to pan, "
                    "double-click to reset.")
@@ -248,7 +249,8 @@ with tab_overlay:
     overlay_layers = layers + ([truth_layer] if truth_layer is not None and show_truth else [])
     with c_fig:
         fig = viz.landmark_figure(roi_image, overlay_layers, response=response, response_opacity=opacity,
-                                  response_name=f"{heat_model} heatmap", show_numbers=show_numbers, height=680)
+                                  response_name=f"{heat_model} heatmap", show_numbers=show_numbers, height=680,
+                                  zoom_margin=45 if zoom else None)
         st.plotly_chart(fig, key="cmp_overlay_fig", config={"scrollZoom": True, "displaylogo": False})
 
 with tab_side:
@@ -258,7 +260,7 @@ with tab_side:
             resp = p.response_map_roi() if p.raw.ndim == 3 else None
             lay = [layer] + ([truth_layer] if truth_layer is not None else [])
             f = viz.landmark_figure(roi_image, lay, response=resp, response_opacity=0.35 if resp is not None else 0,
-                                    title=f"{m} · {p.ms['total']:.0f} ms", height=640)
+                                    title=f"{m} · {p.ms['total']:.0f} ms", height=640, zoom_margin=45)
             st.plotly_chart(f, key=f"cmp_side_{m}", config={"scrollZoom": True, "displaylogo": False})
 
 with tab_table:

@@ -211,7 +211,7 @@ pct = {c: st.column_config.NumberColumn(c, format="percent") for c in
        ("SDR 2 mm", "SDR 2.5 mm", "SDR 3 mm", "SDR 4 mm", "legacy U-Net PCK", "legacy Inception PCK")}
 num = {c: st.column_config.NumberColumn(c, format="%.3f") for c in
        ("MRE mm", "SD mm", "MRE px", "PCK AUC 0–4 mm", "Dice (masks)", "Dice loss", "MAE px", "ms / image")}
-t1, t2 = st.columns([2.2, 1])
+t1, t2 = st.columns([1.6, 1])
 with t1:
     st.markdown("**This evaluation**")
     st.dataframe(ours, hide_index=True, width="stretch", column_config={**pct, **num})
@@ -271,7 +271,7 @@ def _thumb(path: str, roi_json: str, pred_bytes: bytes, true_bytes: bytes, color
 
 
 with g2:
-    gcols = st.columns(min(4, k))
+    gcols = st.columns(4)
     idx_of = {n: i for i, n in enumerate(dataset.names)}
     for j, (_, row) in enumerate(per_image.iterrows()):
         i = idx_of[row["image_name"]]

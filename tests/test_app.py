@@ -55,10 +55,17 @@ def make_tiny_models(home: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
+    """CVS_HOME with the two tiny models; the shipped demo models are hidden (the tests must not
+    depend on them, and loading the 215 M-parameter InceptionResNetV2 would cost the time budget)."""
+    from cvs_core import registry
+
     old = os.environ.get("CVS_HOME")
+    old_shipped = registry.SHIPPED_MODELS_DIR
     h = tmp_path_factory.mktemp("cvs_home")
+    registry.SHIPPED_MODELS_DIR = h / "no_shipped_models"
     make_tiny_models(h)
     yield h
+    registry.SHIPPED_MODELS_DIR = old_shipped
     if old is None:
         os.environ.pop("CVS_HOME", None)
     else:

@@ -169,6 +169,7 @@ def test_pck_threshold_slider(server, page):
     page.wait_for_function(
         "old => [...document.querySelectorAll('[data-testid=\"stMetricLabel\"]')]"
         ".some(e => e.innerText.includes('PCK @') && e.innerText !== old)", arg=label_before, timeout=30_000)
+    page.locator('[data-testid="stMetricLabel"]:has-text("PCK @ 2.5")').first.wait_for(timeout=30_000)
     wait_idle(page)
     label_after = page.locator('[data-testid="stMetricLabel"]:has-text("PCK @")').first.inner_text()
     assert label_after != label_before
