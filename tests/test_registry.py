@@ -1,0 +1,99 @@
+"""Model folders, legacy .h5 loading (fixtures written by tf_keras), int8 weight packing."""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from cvs_core import registry  # noqa: E402
+from cvs_core.packing import dequantize, pack_weights, quantize, unpack_model_folder  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def legacy_io():
+    return np.load(FIXTURES / "legacy_unet_io.npz")
+
+
+def test_full_legacy_h5_loads_with_dice_loss_and_gives_the_same_output(legacy_io):
+    model = registry.load_legacy_h5(FIXTURES / "legacy_unet_full.h5")
+    np.testing.assert_allclose(model.predict(legacy_io["x"], verbose=0), legacy_io["y"], atol=1e-5)
+
+
+def test_weights_only_legacy_h5_needs_and_uses_the_architecture(legacy_io):
+    with pytest.raises(registry.ModelError, match="weights only"):
+        registry.load_legacy_h5(FIXTURES / "legacy_unet_weights.h5")
+    model = registry.load_legacy_h5(FIXTURES / "legacy_unet_weights.h5", "unet_seed",
+                                    dict(input_size=(32, 32), n_filters=4))
+    np.testing.assert_allclose(model.predict(legacy_io["x"], verbose=0), legacy_io["y"], atol=1e-5)
+    with pytest.raises(registry.ModelError, match="do not fit"):
+        registry.load_legacy_h5(FIXTURES / "legacy_unet_weights.h5", "unet_seed",
+                                dict(input_size=(32, 32), n_filters=8))
+
+
+def test_not_an_h5_file(tmp_path):
+    bad = tmp_path / "model.h5"
+    bad.write_text("not hdf5")
+    with pytest.raises(registry.ModelError, match="not an HDF5"):
+        registry.load_legacy_h5(bad)
+
+
+def test_quantize_error_is_below_half_a_step():
+    w = np.random.default_rng(0).normal(0, 0.05, (3, 3, 16, 32)).astype(np.float32)
+    q, s = quantize(w)
+    assert q.dtype == np.int8 and s.shape == (32,)
+    assert np.all(np.abs(dequantize(q, s) - w) <= s / 2 + 1e-9)
+
+
+def test_pack_unpack_round_trip(tmp_path, tiny_model_dir):
+    import keras
+
+    model = registry.load_keras_model(tiny_model_dir)
+    folder = tmp_path / "packed"
+    packed = pack_weights(model, folder, max_shard_bytes=20_000)
+    assert len(packed["files"]) > 1  # sharded
+    manifest = registry.read_manifest(tiny_model_dir)
+    manifest["packed_weights"] = packed
+    manifest.pop("weights_sha256")
+    registry.write_manifest(folder, manifest)
+    rebuilt = keras.saving.load_model(unpack_model_folder(folder), compile=False)
+    x = np.random.default_rng(1).random((1, *model.input_shape[1:])).astype(np.float32)
+    a, b = model.predict(x, verbose=0), rebuilt.predict(x, verbose=0)
+    assert np.abs(a - b).max() < 0.05 * np.abs(a).max()
+    # a corrupted shard is caught by its sha256
+    shard = folder / packed["files"][0]["file"]
+    shard.write_bytes(shard.read_bytes()[:-10] + b"0123456789")
+    (folder / "model.keras").unlink()
+    with pytest.raises(ValueError, match="sha256"):
+        unpack_model_folder(folder)
+
+
+def test_register_list_and_delete_user_models(tmp_path, monkeypatch, tiny_model_dir):
+    monkeypatch.setenv("CVS_HOME", str(tmp_path))
+    dst = registry.register_model_folder(tiny_model_dir, "my_model")
+    assert json.loads((dst / "manifest.json").read_text())["name"] == "my_model"
+    assert "my_model" in [m.name for m in registry.list_models()]
+    assert registry.resolve_model("my_model") == dst
+    with pytest.raises(registry.ModelError, match="exists already"):
+        registry.register_model_folder(tiny_model_dir, "my_model")
+    with pytest.raises(registry.ModelError, match="shipped model"):
+        registry.register_model_folder(tiny_model_dir, "unet_heatmap")
+    with pytest.raises(registry.ModelError, match="invalid model name"):
+        registry.register_model_folder(tiny_model_dir, "../evil")
+    registry.delete_model("my_model")
+    with pytest.raises(registry.ModelError, match="no model named"):
+        registry.resolve_model("my_model")
+    with pytest.raises(registry.ModelError, match="cannot be deleted"):
+        registry.delete_model("unet_heatmap")
+
+
+def test_manifest_with_other_schema_is_rejected(tmp_path, tiny_model_dir):
+    manifest = registry.read_manifest(tiny_model_dir)
+    manifest["landmark_schema"] = "isbi19-v0"
+    registry.write_manifest(tmp_path, manifest)
+    with pytest.raises(registry.ModelError, match="landmark schema"):
+        registry.read_manifest(tmp_path)
