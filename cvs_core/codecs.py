@@ -178,32 +178,27 @@ class HeatmapCodec:
 
     def decode(self, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Heatmaps ``(h', w', 19)`` → ``(landmarks (19, 2) input px, confidence (19,))``."""
-        heat = np.asarray(output, np.float64)
+        heat = np.asarray(output)
         h, w, k = heat.shape
-        flat = heat.reshape(-1, k)
-        arg = flat.argmax(0)
+        arg = heat.reshape(-1, k).argmax(0)  # no float64 copy of the whole map: only 5 values per channel
         py, px = np.divmod(arg, w)
-        conf = flat[arg, np.arange(k)]
-        eps = 1e-10
-        xs = px.astype(np.float64)
-        ys = py.astype(np.float64)
         ch = np.arange(k)
-        inner_x = (px > 0) & (px < w - 1)
-        inner_y = (py > 0) & (py < h - 1)
-        c = np.log(np.maximum(conf, eps))
-        l_ = np.log(np.maximum(heat[py, np.clip(px - 1, 0, w - 1), ch], eps))
-        r_ = np.log(np.maximum(heat[py, np.clip(px + 1, 0, w - 1), ch], eps))
-        u_ = np.log(np.maximum(heat[np.clip(py - 1, 0, h - 1), px, ch], eps))
-        d_ = np.log(np.maximum(heat[np.clip(py + 1, 0, h - 1), px, ch], eps))
+
+        def at(y, x):
+            return np.log(np.maximum(heat[np.clip(y, 0, h - 1), np.clip(x, 0, w - 1), ch].astype(np.float64), 1e-10))
+
+        conf = heat[py, px, ch].astype(np.float64)
+        c, l_, r_, u_, d_ = at(py, px), at(py, px - 1), at(py, px + 1), at(py - 1, px), at(py + 1, px)
         den_x = l_ - 2 * c + r_
         den_y = u_ - 2 * c + d_
-        dx = np.where(inner_x & (den_x < 0), 0.5 * (l_ - r_) / np.where(den_x < 0, den_x, -1), 0.0)
-        dy = np.where(inner_y & (den_y < 0), 0.5 * (u_ - d_) / np.where(den_y < 0, den_y, -1), 0.0)
-        grid = np.stack([xs + np.clip(dx, -0.5, 0.5), ys + np.clip(dy, -0.5, 0.5)], axis=1)
+        ok_x = (px > 0) & (px < w - 1) & (den_x < 0)
+        ok_y = (py > 0) & (py < h - 1) & (den_y < 0)
+        dx = np.where(ok_x, 0.5 * (l_ - r_) / np.where(ok_x, den_x, -1.0), 0.0)
+        dy = np.where(ok_y, 0.5 * (u_ - d_) / np.where(ok_y, den_y, -1.0), 0.0)
+        grid = np.stack([px + np.clip(dx, -0.5, 0.5), py + np.clip(dy, -0.5, 0.5)], axis=1)
         landmarks = (grid + 0.5) * self.stride - 0.5
-        confidence = np.clip(conf, 0.0, 1.0)
         landmarks[conf <= 0] = np.nan
-        return landmarks, confidence
+        return landmarks, np.clip(conf, 0.0, 1.0)
 
     def to_dict(self) -> dict:
         d = asdict(self)
