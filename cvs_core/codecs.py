@@ -88,6 +88,21 @@ class MaskCodec:
         return asdict(self)
 
 
+def render_study_masks(landmarks_roi: np.ndarray, roi_size=ROI_SIZE, mask_size=(256, 256)) -> np.ndarray:
+    """The study's square masks ``(N, h, w)`` float32 drawn from ROI landmarks ``(N, 19, 2)``
+    (:class:`MaskCodec`); missing (NaN) landmarks draw nothing. Lets any model, regression ones
+    included, be scored with the study's mask metrics."""
+    codec = MaskCodec(input_size=tuple(mask_size), roi_size=tuple(roi_size))
+    to_mask = resize_affine(tuple(roi_size), tuple(mask_size))
+    pts_all = np.asarray(landmarks_roi, np.float64)
+    masks = np.zeros((len(pts_all), *mask_size), np.float32)
+    for i, pts in enumerate(pts_all):
+        pts = pts[np.isfinite(pts).all(1)]
+        if len(pts):
+            masks[i] = codec.encode(apply_affine(to_mask, pts))[..., 0]
+    return masks
+
+
 def _similarity_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Least-squares similarity transform (Umeyama) taking ``src (K, 2)`` onto ``dst (K, 2)``; 3×3."""
     mu_s, mu_d = src.mean(0), dst.mean(0)

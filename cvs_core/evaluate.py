@@ -335,20 +335,10 @@ def legacy_unet_pck_from_landmarks(pred, true, roi_size=ROI_SIZE, mask_size=(256
     """LEGACY study U-Net "PCK" computed our way: render predicted and true ROI landmarks
     ``(N, 19, 2)`` into the study's 256×256 square masks (:class:`~cvs_core.codecs.MaskCodec`), then
     :func:`metrics.legacy_unet_pck`. Missing predicted landmarks draw no square."""
-    from cvs_core.codecs import MaskCodec
-    from cvs_core.preprocess import apply_affine, resize_affine
+    from cvs_core.codecs import render_study_masks
 
-    codec = MaskCodec(input_size=tuple(mask_size), roi_size=tuple(roi_size))
-    to_mask = resize_affine(tuple(roi_size), tuple(mask_size))
-    p_all = np.asarray(pred, np.float64)
-    t_all = np.asarray(true, np.float64)
-    pm = np.zeros((len(p_all), *mask_size), np.float32)
-    tm = np.zeros_like(pm)
-    for i, (p, t) in enumerate(zip(p_all, t_all)):
-        p = p[np.isfinite(p).all(1)]
-        if len(p):
-            pm[i] = codec.encode(apply_affine(to_mask, p))[..., 0]
-        tm[i] = codec.encode(apply_affine(to_mask, t))[..., 0]
+    pm = render_study_masks(pred, roi_size, mask_size)
+    tm = render_study_masks(true, roi_size, mask_size)
     return metrics.legacy_unet_pck(pm, tm)
 
 

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from cvs_core.codecs import codec_from_dict
-from cvs_core.preprocess import (SEED_ROI_SCALE, PreprocessConfig, Preprocessed, apply_affine,
+from cvs_core.preprocess import (SEED_ROI_SCALE, PreprocessConfig, Preprocessed,
                                  invert_affine, preprocess)
 from cvs_core.registry import load_keras_model, read_manifest, resolve_model
 

@@ -46,6 +46,21 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def read_json(path: Path) -> dict:
+    """A JSON file as a dict; ``{}`` when it is missing or half-written."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON so readers in other processes never see a partial file."""
+    tmp = Path(path).with_name(Path(path).name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
 def _jsonable(obj):
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}

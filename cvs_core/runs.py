@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import io
-import json
 import os
 import secrets
 import shutil
@@ -37,7 +36,7 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from cvs_core.registry import REPO_ROOT, cvs_home, register_model_folder
+from cvs_core.registry import REPO_ROOT, cvs_home, read_json, register_model_folder, write_json_atomic
 
 FINAL = ("succeeded", "failed", "cancelled")
 ACTIVE = ("starting", "running")
@@ -60,19 +59,6 @@ def run_dir(run_id: str) -> Path:
     if not d.is_dir():
         raise ValueError(f"no run {run_id!r} in {runs_dir()}")
     return d
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = Path(path).with_name(Path(path).name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- process bookkeeping
@@ -145,7 +131,7 @@ def start_run(config, run_id: str | None = None) -> str:
     d = runs_dir() / run_id
     d.mkdir(parents=True, exist_ok=False)
     (d / "config.json").write_text(config.to_json())
-    _write_json(d / "status.json", {"status": "starting", "epoch": 0, "epochs": config.epochs,
+    write_json_atomic(d / "status.json", {"status": "starting", "epoch": 0, "epochs": config.epochs,
                                     "updated": time.time()})
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
@@ -159,7 +145,7 @@ def start_run(config, run_id: str | None = None) -> str:
         proc = subprocess.Popen(cmd, cwd=str(REPO_ROOT), env=env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     _CHILDREN[run_id] = proc
-    _write_json(d / "run.json", {
+    write_json_atomic(d / "run.json", {
         "id": run_id, "pid": proc.pid, "pgid": proc.pid, "start_ticks": _proc_start_ticks(proc.pid),
         "created": _dt.datetime.now().isoformat(timespec="seconds"), "cmd": cmd,
         "model": config.model, "name": config.name, "cancel_requested": False,
@@ -174,24 +160,24 @@ def run_info(run_id: str) -> dict:
     (process exited)"), epoch, epochs, progress (0..1), best (best validation MRE in ROI px, or
     None), created, model, name, pid, alive, error, model_dir (after success)."""
     d = run_dir(run_id)
-    info = _read_json(d / "run.json")
-    status = _read_json(d / "status.json")
-    config = _read_json(d / "config.json")
+    info = read_json(d / "run.json")
+    status = read_json(d / "status.json")
+    config = read_json(d / "config.json")
     state = status.get("status", "starting")
     alive = _alive(run_id, info) if info else False
     error = status.get("error")
     if state in ACTIVE and not alive and info:
-        status = _read_json(d / "status.json")  # it may have written its final status just now
+        status = read_json(d / "status.json")  # it may have written its final status just now
         state = status.get("status", "starting")
         if state in ACTIVE:
             if info.get("cancel_requested"):
                 state, error = "cancelled", None
-                _write_json(d / "status.json", {**status, "status": state, "updated": time.time()})
+                write_json_atomic(d / "status.json", {**status, "status": state, "updated": time.time()})
             else:
                 code = _exit_code(run_id)
                 error = "process exited" + (f" with code {code}" if code is not None else "")
                 state = "failed"
-                _write_json(d / "status.json", {**status, "status": state, "error": error,
+                write_json_atomic(d / "status.json", {**status, "status": state, "error": error,
                                                 "updated": time.time()})
     epochs = status.get("epochs") or config.get("epochs") or 0
     epoch = status.get("epoch") or 0
@@ -264,11 +250,11 @@ def cancel(run_id: str, wait_s: float = 0.0) -> dict:
     writes ``cancelled``). With ``wait_s`` > 0, wait that long and then SIGKILL whatever is left.
     Returns the run's info afterwards."""
     d = run_dir(run_id)
-    info = _read_json(d / "run.json")
+    info = read_json(d / "run.json")
     if not info or not _alive(run_id, info):
         return run_info(run_id)
     info["cancel_requested"] = True
-    _write_json(d / "run.json", info)
+    write_json_atomic(d / "run.json", info)
     try:
         os.killpg(info.get("pgid", info["pid"]), signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
@@ -291,9 +277,9 @@ def register_run_model(run_id: str, name: str, overwrite: bool = False) -> Path:
     if run_info(run_id)["status"] != "succeeded":
         raise ValueError(f"run {run_id} has not succeeded; only a finished run's model can be registered")
     folder = register_model_folder(d / "model", name, overwrite=overwrite)
-    info = _read_json(d / "run.json")
+    info = read_json(d / "run.json")
     info["registered_as"] = name
-    _write_json(d / "run.json", info)
+    write_json_atomic(d / "run.json", info)
     return folder
 
 

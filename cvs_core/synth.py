@@ -192,7 +192,6 @@ def _body_local(rng: np.random.Generator, hw: float, ahph: float, depth: float,
         sp = np.array([u_sp, s]); sa = np.array([1.0 + u_sa, ahph * s])
         mp = np.array([0.5 * u_sp + c_p, 0.5 * s]); ma = np.array([1.0 + 0.5 * u_sa - c_a, 0.5 * ahph * s])
         w = float(np.hypot(*(ma - mp)))
-        h = 0.5 * (s + ahph * s) + bump
         s_new = (hw * w - bump) / (0.5 * (1.0 + ahph))
         if abs(s_new - s) < 1e-12:
             break

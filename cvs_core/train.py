@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -19,9 +18,9 @@ import cv2
 import numpy as np
 
 from cvs_core.codecs import HeatmapCodec, MaskCodec, RegressionCodec
-from cvs_core.landmarks import N_LANDMARKS
 from cvs_core.preprocess import (PreprocessConfig, apply_affine, inception_seed_config, preprocess,
                                  unet_seed_config)
+from cvs_core.registry import read_json, write_json_atomic
 
 ARCHITECTURES = ("unet_seed", "unet_heatmap", "inception_seed", "inception_gap")
 PRESETS = ("seed", "improved")
@@ -339,7 +338,7 @@ class RunMonitor(_callbacks_module()):
         self.best = None
         self.t0 = time.time()
         self._val_batches = None
-        state = _read_json(run_dir / "state.json")
+        state = read_json(run_dir / "state.json")
         self.best = state.get("best_val_mre_px")
 
     def on_train_begin(self, logs=None):
@@ -392,7 +391,7 @@ class RunMonitor(_callbacks_module()):
                 w.writeheader()
             w.writerow(row)
         self.model.save(self.run_dir / "checkpoints" / "last.keras")
-        _write_json(self.run_dir / "state.json", {"epoch": epoch + 1, "best_val_mre_px": self.best})
+        write_json_atomic(self.run_dir / "state.json", {"epoch": epoch + 1, "best_val_mre_px": self.best})
         write_status(self.run_dir, "running", epoch=epoch + 1, epochs=self.config.epochs, best=self.best)
         if self.verbose:
             parts = " ".join(f"{k}={v:.4g}" for k, v in logs.items())
@@ -407,23 +406,10 @@ def _model_to_roi(pre: PreprocessConfig, pts: np.ndarray) -> np.ndarray:
     return apply_affine(np.linalg.inv(m), pts)
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def write_status(run_dir: Path, status: str, **fields_) -> None:
-    data = _read_json(Path(run_dir) / "status.json")
+    data = read_json(Path(run_dir) / "status.json")
     data.update(status=status, updated=time.time(), **fields_)
-    _write_json(Path(run_dir) / "status.json", data)
+    write_json_atomic(Path(run_dir) / "status.json", data)
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -480,7 +466,7 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, verbose: boo
     with scope:
         if resume and last.is_file():
             model = keras.saving.load_model(last, custom_objects=CUSTOM_OBJECTS)
-            start_epoch = int(_read_json(out_dir / "state.json").get("epoch", 0))
+            start_epoch = int(read_json(out_dir / "state.json").get("epoch", 0))
             if verbose:
                 print(f"resuming from {last} after epoch {start_epoch}", flush=True)
         else:
@@ -530,7 +516,7 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, verbose: boo
     manifest = base_manifest(
         name=config.name or config.model, architecture=config.model, builder_kwargs=builder_kwargs(config),
         preprocess=pre, codec=codec,
-        training={"preset": config.preset, "epochs_run": int(_read_json(out_dir / "state.json").get("epoch", 0)),
+        training={"preset": config.preset, "epochs_run": int(read_json(out_dir / "state.json").get("epoch", 0)),
                   "config": json.loads(config.to_json()), "data": data_summary,
                   "mixed_precision": use_mp},
         metrics={"best_val_mre_px": monitor.best},

@@ -458,20 +458,11 @@ def rendered_mask_dice(pred: np.ndarray, true: np.ndarray, roi_size=(600, 250), 
     nothing). The same rendering as ``evaluate.legacy_unet_pck_from_landmarks``, so any model —
     regression ones included — gets a Dice comparable with the study's U-Net loss. Returns
     ``{"dice": thresholded Dice, "dice_loss": 1 − soft Dice}``."""
-    from cvs_core.codecs import MaskCodec
+    from cvs_core.codecs import render_study_masks
     from cvs_core.metrics import dice, dice_loss_value
-    from cvs_core.preprocess import apply_affine, resize_affine
 
-    codec = MaskCodec(input_size=tuple(mask_size), roi_size=tuple(roi_size))
-    to_mask = resize_affine(tuple(roi_size), tuple(mask_size))
-    p_all, t_all = np.asarray(pred, np.float64), np.asarray(true, np.float64)
-    pm = np.zeros((len(p_all), *mask_size), np.float32)
-    tm = np.zeros_like(pm)
-    for i, (p, t) in enumerate(zip(p_all, t_all)):
-        p = p[np.isfinite(p).all(1)]
-        if len(p):
-            pm[i] = codec.encode(apply_affine(to_mask, p))[..., 0]
-        tm[i] = codec.encode(apply_affine(to_mask, t))[..., 0]
+    pm = render_study_masks(pred, roi_size, mask_size)
+    tm = render_study_masks(true, roi_size, mask_size)
     return {"dice": dice(pm, tm), "dice_loss": float(np.mean([dice_loss_value(a, b) for a, b in zip(pm, tm)]))}
 
 

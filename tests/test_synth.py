@@ -11,7 +11,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
 from cvs_core.landmarks import csv_columns
 from cvs_core.synth import (Phantom, generate_phantoms, render_phantom, sample_landmarks,
