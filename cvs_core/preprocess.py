@@ -128,6 +128,14 @@ def resize_affine(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarra
     return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]], dtype=np.float64)
 
 
+def seed_roi_affine() -> np.ndarray:
+    """3×3 affine from full-cephalogram pixels to the study's ROI pixels (``x/2 − 0.25``,
+    ``(y − 800)/2 − 0.25`` in the pixel-centre convention)."""
+    x0, y0, x1, y1 = SEED_ROI_BOX
+    out_hw = (int(round((y1 - y0) * SEED_ROI_SCALE)), int(round((x1 - x0) * SEED_ROI_SCALE)))
+    return resize_affine((y1 - y0, x1 - x0), out_hw) @ translation(-x0, -y0)
+
+
 def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Apply a 2×3 or 3×3 affine to points ``(..., 2)`` (x, y); NaN stays NaN."""
     m = np.asarray(matrix, dtype=np.float64)[:2]
@@ -208,6 +216,9 @@ def select_roi(grey: np.ndarray, config: PreprocessConfig) -> tuple[np.ndarray, 
         padded[:crop.shape[0], :crop.shape[1]] = crop
         crop = padded
     affine = translation(-x0, -y0)
+    if config.roi == "seed":
+        crop = cv2.resize(crop, (SEED_ROI_SIZE[1], SEED_ROI_SIZE[0]), interpolation=cv2.INTER_AREA)
+        return np.ascontiguousarray(crop), seed_roi_affine()
     if scale != 1.0:
         out_hw = (int(round(crop.shape[0] * scale)), int(round(crop.shape[1] * scale)))
         interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR

@@ -17,7 +17,7 @@ if not names:
     st.stop()
 
 from cvs_core import viz  # noqa: E402
-from cvs_core.preprocess import SEED_ROI_BOX, apply_affine  # noqa: E402
+from cvs_core.preprocess import SEED_ROI_BOX, apply_affine, invert_affine, seed_roi_affine  # noqa: E402
 from cvs_core.staging import CAVEAT, stage_landmarks  # noqa: E402
 
 ss = st.session_state
@@ -43,8 +43,8 @@ with st.container(border=True):
             kind = "roi" if kind == "ROI" else "full"
             img = ui.load_sample(name, kind)
             truth = ui.sample_truth().get(name)
-            if truth is not None and kind == "full":  # ROI (x, y) is (2x, 2y + 800) in the original
-                truth = truth * 2.0 + np.array([0.0, 800.0])
+            if truth is not None and kind == "full":  # labels are in the study ROI frame
+                truth = apply_affine(invert_affine(seed_roi_affine()), truth)
             inp = ui.InputImage(image=img, name=name, kind=kind, source="sample", key=f"sample:{kind}:{name}",
                                 spacing_mm=ui.NOMINAL_ROI_SPACING if kind == "roi" else ui.NOMINAL_FULL_SPACING,
                                 truth=truth)
