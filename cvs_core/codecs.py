@@ -3,11 +3,14 @@
 All codecs work in the *model-input* frame: landmarks ``(19, 2)`` as float ``(x, y)`` pixels of the
 model input, pixel-centre convention (integer ``i`` is the centre of pixel ``i``; see
 ``cvs_core.preprocess``). ``encode`` makes one target; ``decode`` turns one raw model output back into
-``(landmarks (19, 2), confidence (19,))``. Undetected landmarks come back as NaN with confidence 0.
+``(landmarks (19, 2), confidence (19,))``. Undetected landmarks come back as NaN with confidence 0
+(except ``HeatmapCodec(shape_prior=True)``, which returns the fitted shape's point there, with
+confidence 0: see :meth:`HeatmapCodec.decode_shape_prior`).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -156,6 +159,43 @@ def assign_to_slots(reference: np.ndarray, points: np.ndarray, iterations: int =
     return rows[keep], cols[keep]
 
 
+# Vertebra groups of the 19 landmarks (0-based): C2 inferior border, C3, C4 (DESIGN §3).
+_GROUPS = np.array([0] * 3 + [1] * 8 + [2] * 8)
+
+
+@lru_cache(maxsize=8)
+def _shape_basis(input_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, float]:
+    """Complex shape basis in the model-input frame for :meth:`HeatmapCodec.decode` with a prior.
+
+    Returns ``(basis (5, 19) complex, prior_sd (5,), spacing)``: row 0 is ``MEAN_SHAPE_ROI`` mapped
+    into the input frame (the ROI→input stretch of the improved preset), rows 1–4 the PCA modes of
+    ``cvs_core.synth`` (fitted on the 15 public configurations), rotated and scaled into that frame;
+    ``prior_sd`` their standard deviations relative to a unit mean (row 0: 0 = unpenalised);
+    ``spacing`` the mean nearest-neighbour distance of the reference landmarks in input px.
+    """
+    from cvs_core.synth import MEAN_SHAPE, SHAPE_MODES, SHAPE_SD  # lazy: a few constants only
+
+    ref = apply_affine(resize_affine(ROI_SIZE, tuple(input_size)), np.asarray(MEAN_SHAPE_ROI, np.float64))
+    ref_c = ref[:, 0] + 1j * ref[:, 1]
+    centred = ref_c - ref_c.mean()
+    mean_c = MEAN_SHAPE[:, 0] + 1j * MEAN_SHAPE[:, 1]  # centred, unit centroid size
+    rot_scale = np.vdot(mean_c, centred) / np.vdot(mean_c, mean_c).real  # Procrustes mean → reference
+    modes = rot_scale * (SHAPE_MODES[..., 0] + 1j * SHAPE_MODES[..., 1])  # (4, 19)
+    d = np.abs(ref_c[:, None] - ref_c[None])
+    d[np.eye(len(d), dtype=bool)] = np.inf
+    return (np.concatenate([ref_c[None], modes]), np.concatenate([[0.0], SHAPE_SD]),
+            float(d.min(1).mean()))
+
+
+def _weighted_similarity(p: np.ndarray, q: np.ndarray, w: np.ndarray) -> tuple[complex, complex]:
+    """Weighted least-squares similarity ``q ≈ a·p + b`` on complex points; returns ``(a, b)``."""
+    ws = w.sum()
+    pm, qm = (w * p).sum() / ws, (w * q).sum() / ws
+    dp = p - pm
+    a = (w * np.conj(dp) * (q - qm)).sum() / max((w * np.abs(dp) ** 2).sum(), 1e-12)
+    return a, qm - a * pm
+
+
 @dataclass
 class HeatmapCodec:
     """One Gaussian heatmap per landmark, peak 1, on a grid ``stride`` times coarser than the input.
@@ -164,12 +204,26 @@ class HeatmapCodec:
     the arg-max and refines it by a 3-point parabola fit on the log-heatmap per axis, exact for a
     sampled Gaussian (the DARK idea); confidence is the peak value.
     input_size: ``(height, width)``; sigma in input pixels.
+
+    ``shape_prior=True`` decodes with a shape constraint instead of 19 independent arg-maxes, for
+    images where a channel's strongest peak sits on a neighbouring landmark's blob (identity
+    swaps): see :meth:`decode_shape_prior`. ``encode`` ignores the flag.
     """
 
     input_size: tuple[int, int] = (384, 160)
     stride: int = 1
     sigma: float = 2.0
     kind: str = "heatmap"
+    shape_prior: bool = False
+
+    # Shape-prior decoding parameters (class constants, not serialised).
+    SP_TOP_K = 4            # candidates kept per channel
+    SP_FLOOR = 0.05         # minimum peak value of a candidate
+    SP_NMS_RADIUS = 3.0     # input px: weaker peaks of the same channel this close are dropped
+    SP_SIGMAS = (0.8, 0.5, 0.35, 0.35)  # annealed σ, as fractions of the mean landmark spacing
+    SP_CLASH_RADIUS = 1.5   # input px: two channels' picks this close are one peak; the weaker one is dropped
+    SP_GATE = 2.5           # a channel's pick must lie within SP_GATE·σ_final of the fitted shape
+    SP_NOISE_PX = 1.0       # landmark scatter the PCA shape model leaves unexplained (sets the prior's strength)
 
     @property
     def output_size(self) -> tuple[int, int]:
@@ -191,18 +245,15 @@ class HeatmapCodec:
         heat[..., ~np.isfinite(g).all(1)] = 0.0
         return heat.astype(np.float32)
 
-    def decode(self, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Heatmaps ``(h', w', 19)`` → ``(landmarks (19, 2) input px, confidence (19,))``."""
-        heat = np.asarray(output)
-        h, w, k = heat.shape
-        arg = heat.reshape(-1, k).argmax(0)  # no float64 copy of the whole map: only 5 values per channel
-        py, px = np.divmod(arg, w)
-        ch = np.arange(k)
+    @staticmethod
+    def _refine(heat: np.ndarray, py: np.ndarray, px: np.ndarray, ch: np.ndarray) -> np.ndarray:
+        """Sub-pixel peaks ``(M, 2)`` grid ``(x, y)`` of integer peaks ``(py, px)`` in channels ``ch``:
+        3-point parabola on the log-heatmap per axis, shift clipped to ±0.5 px."""
+        h, w, _ = heat.shape
 
         def at(y, x):
             return np.log(np.maximum(heat[np.clip(y, 0, h - 1), np.clip(x, 0, w - 1), ch].astype(np.float64), 1e-10))
 
-        conf = heat[py, px, ch].astype(np.float64)
         c, l_, r_, u_, d_ = at(py, px), at(py, px - 1), at(py, px + 1), at(py - 1, px), at(py + 1, px)
         den_x = l_ - 2 * c + r_
         den_y = u_ - 2 * c + d_
@@ -210,10 +261,164 @@ class HeatmapCodec:
         ok_y = (py > 0) & (py < h - 1) & (den_y < 0)
         dx = np.where(ok_x, 0.5 * (l_ - r_) / np.where(ok_x, den_x, -1.0), 0.0)
         dy = np.where(ok_y, 0.5 * (u_ - d_) / np.where(ok_y, den_y, -1.0), 0.0)
-        grid = np.stack([px + np.clip(dx, -0.5, 0.5), py + np.clip(dy, -0.5, 0.5)], axis=1)
-        landmarks = (grid + 0.5) * self.stride - 0.5
+        return np.stack([px + np.clip(dx, -0.5, 0.5), py + np.clip(dy, -0.5, 0.5)], axis=1)
+
+    def decode(self, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Heatmaps ``(h', w', 19)`` → ``(landmarks (19, 2) input px, confidence (19,))``."""
+        if self.shape_prior:
+            return self.decode_shape_prior(output)
+        return self._decode_argmax(output)
+
+    def _decode_argmax(self, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        heat = np.asarray(output)
+        h, w, k = heat.shape
+        arg = heat.reshape(-1, k).argmax(0)  # no float64 copy of the whole map: only 5 values per channel
+        py, px = np.divmod(arg, w)
+        ch = np.arange(k)
+        conf = heat[py, px, ch].astype(np.float64)
+        landmarks = (self._refine(heat, py, px, ch) + 0.5) * self.stride - 0.5
         landmarks[conf <= 0] = np.nan
         return landmarks, np.clip(conf, 0.0, 1.0)
+
+    def candidates(self, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per channel the ``SP_TOP_K`` strongest local maxima (3×3, value ≥ ``SP_FLOOR``, weaker ones
+        within ``SP_NMS_RADIUS`` dropped), sub-pixel refined.
+
+        Returns ``(points (19, K) complex x + iy input px, values (19, K))``; empty slots have value 0
+        (and point NaN), slots sorted by decreasing value.
+        """
+        heat = np.ascontiguousarray(output, dtype=np.float32)
+        h, w, k = heat.shape
+        flat = heat.ravel()
+        idx = np.flatnonzero(flat >= self.SP_FLOOR)
+        yx, ch = np.divmod(idx, k)
+        y, x = np.divmod(yx, w)
+        v = flat[idx]
+        keep = np.ones(len(idx), bool)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                if dy or dx:
+                    ny, nx = np.clip(y + dy, 0, h - 1), np.clip(x + dx, 0, w - 1)
+                    keep &= v >= flat[(ny * w + nx) * k + ch]
+        y, x, ch, v = y[keep], x[keep], ch[keep], v[keep]
+        order = np.lexsort((-v, ch))
+        y, x, ch, v = y[order], x[order], ch[order], v[order]
+        pts = self._refine(heat, y, x, ch)
+        pts = (pts + 0.5) * self.stride - 0.5
+        z = pts[:, 0] + 1j * pts[:, 1]
+        points = np.full((k, self.SP_TOP_K), np.nan, complex)
+        values = np.zeros((k, self.SP_TOP_K))
+        starts = np.searchsorted(ch, np.arange(k + 1))
+        r2 = self.SP_NMS_RADIUS
+        for c in range(k):
+            zc, vc = z[starts[c]:starts[c + 1]], v[starts[c]:starts[c + 1]]
+            n = 0
+            for zi, vi in zip(zc, vc):  # few peaks per channel: greedy radius suppression
+                if n and (np.abs(points[c, :n] - zi) < r2).any():
+                    continue
+                points[c, n], values[c, n] = zi, vi
+                n += 1
+                if n == self.SP_TOP_K:
+                    break
+        return points, values
+
+    def decode_shape_prior(self, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Shape-constrained decoding: heatmaps ``(h', w', 19)`` → ``(landmarks (19, 2), confidence (19,))``.
+
+        1. Candidates: per channel the top-K local maxima (:meth:`candidates`).
+        2. Reference: ``MEAN_SHAPE_ROI`` stretched from the 600×250 ROI into the model input.
+        3. Robust start (RANSAC-like): every pair of strong candidates from two different vertebrae
+           defines a similarity ``z ↦ a·z + b`` of the reference (scale 0.5–2, rotation ≤ 35°); each
+           is scored by ``Σ_channel max_candidate value·exp(−d²/2σ²)`` (d: distance to the aligned
+           reference point, σ = 0.8 × mean landmark spacing) and the best one is kept, so a few
+           wrong arg-maxes cannot drag the fit.
+        4. Annealing: σ shrinks (0.8 → 0.35 spacing); each step picks per channel the candidate
+           maximising that score and refits, weighted by the score — a similarity first, then the
+           reference plus 4 PCA shape modes (``cvs_core.synth``) with a Gaussian prior on the modes.
+        5. Output: each channel's pick if it lies within 2.5σ_final of the fitted shape (confidence =
+           its peak value); otherwise — no candidate near, or an empty channel — the fitted shape's
+           point with **confidence 0** (a finite, shape-consistent guess, flagged by its confidence;
+           not NaN). Two channels picking the same peak keep only the better one.
+        Fewer than 3 channels with any peak: falls back to the plain arg-max decoding.
+        """
+        heat = np.asarray(output)
+        k = heat.shape[2]
+        points, values = self.candidates(heat)
+        present = values[:, 0] > 0
+        if k != N_LANDMARKS or present.sum() < 3:
+            return self._decode_argmax(heat)
+        basis, prior_sd, spacing = _shape_basis(tuple(self.input_size))
+        ref = basis[0]
+        pts0 = np.where(values > 0, points, 0)
+
+        def score(aligned, sigma):  # aligned (..., 19) → per-candidate score (..., 19, K)
+            d2 = np.abs(pts0 - aligned[..., None]) ** 2
+            return values * np.exp(-d2 / (2 * sigma * sigma))
+
+        # --- robust start: similarity hypotheses from candidate pairs of different vertebrae
+        sigma0 = self.SP_SIGMAS[0] * spacing
+        top = np.argwhere(values[:, :2] > 0)  # (M, 2): channel, slot of the 2 strongest candidates
+        ci, si = top[:, 0], top[:, 1]
+        i, j = np.triu_indices(len(top), 1)
+        i, j = i[_GROUPS[ci[i]] != _GROUPS[ci[j]]], j[_GROUPS[ci[i]] != _GROUPS[ci[j]]]
+        dp = ref[ci[i]] - ref[ci[j]]
+        a = (points[ci[i], si[i]] - points[ci[j], si[j]]) / dp
+        b = points[ci[i], si[i]] - a * ref[ci[i]]
+        ok = (np.abs(a) > 0.5) & (np.abs(a) < 2.0) & (np.abs(np.angle(a)) < np.deg2rad(35))
+        a, b = a[ok], b[ok]
+        # plus the fit to all arg-maxes (the right answer when nothing is swapped)
+        a_all, b_all = _weighted_similarity(ref[present], points[present, 0], values[present, 0])
+        a, b = np.append(a, a_all), np.append(b, b_all)
+        totals = score(a[:, None] * ref + b[:, None], sigma0).max(-1).sum(-1)
+        best = int(totals.argmax())
+        shape = a[best] * ref + b[best]
+        scale = abs(a[best])
+
+        # --- annealing: pick candidates, refit (similarity, then similarity + PCA modes)
+        rows = np.arange(k)
+        for step, frac in enumerate(self.SP_SIGMAS):
+            sigma = frac * spacing
+            s = score(shape, sigma)
+            pick = s.argmax(1)
+            wgt = s[rows, pick]
+            if (wgt > 1e-6).sum() < 3:
+                break
+            q = pts0[rows, pick]
+            if step < 2:
+                a1, b1 = _weighted_similarity(ref, q, wgt)
+                shape, scale = a1 * ref + b1, abs(a1)
+            else:
+                shape = self._fit_modes(basis, prior_sd, q, wgt, scale)
+
+        sigma = self.SP_SIGMAS[-1] * spacing
+        s = score(shape, sigma)
+        pick = s.argmax(1)
+        chosen = points[rows, pick]
+        conf = values[rows, pick]
+        ok = (conf > 0) & (np.abs(chosen - shape) <= self.SP_GATE * sigma)
+        # two channels on the same peak: keep the better-scoring one
+        sc = np.where(ok, s[rows, pick], -1.0)
+        for c in np.argsort(-sc):
+            if ok[c]:
+                clash = ok & (np.abs(chosen - chosen[c]) < self.SP_CLASH_RADIUS)
+                clash[c] = False
+                ok &= ~clash
+        out = np.where(ok, chosen, shape)
+        landmarks = np.stack([out.real, out.imag], axis=1)
+        return landmarks, np.where(ok, np.clip(conf, 0.0, 1.0), 0.0)
+
+    def _fit_modes(self, basis: np.ndarray, prior_sd: np.ndarray, q: np.ndarray, w: np.ndarray,
+                   scale: float) -> np.ndarray:
+        """Weighted fit ``q ≈ c0·ref + Σ c_i·mode_i + t`` (complex c, 19 points) with a Gaussian prior
+        ``c_i ~ N(0, (scale·sd_i)²)`` on the modes; returns the fitted shape ``(19,)`` complex."""
+        a_mat = np.concatenate([basis, np.ones((1, basis.shape[1]))]).T  # (19, 6)
+        aw = a_mat * w[:, None]
+        lhs = a_mat.conj().T @ aw
+        sd = np.append(prior_sd, 0.0) * scale
+        pen = np.where(sd > 0, (self.SP_NOISE_PX / np.maximum(sd, 1e-9)) ** 2, 0.0)
+        lhs = lhs + np.diag(pen)
+        coef = np.linalg.solve(lhs, aw.conj().T @ q)
+        return a_mat @ coef
 
     def to_dict(self) -> dict:
         d = asdict(self)
