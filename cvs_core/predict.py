@@ -5,8 +5,8 @@ frame, per-landmark confidence, the raw mask/heatmaps and timings.
 """
 from __future__ import annotations
 
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +65,22 @@ class Prediction:
         return cv2.warpAffine(resp, model_to_roi[:2], (w, h), flags=cv2.INTER_LINEAR)
 
 
+def configure_for_interactive_use() -> None:
+    """Turn off TensorFlow's graph optimiser (Grappler) for this process.
+
+    Inside a Streamlit server the first model call of every script run re-instantiates the
+    compiled graph (cause not found; measured with AppTest and in a browser), which with Grappler
+    costs ≈ 1.4 s for InceptionResNetV2 on 2 cores and without it ≈ 0.35 s, while steady-state
+    latency is the same (134 vs 131 ms). Call once, before loading models, in interactive servers
+    only; training keeps the optimiser."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+
+
 def _roi_override(config: PreprocessConfig, roi) -> PreprocessConfig:
     if roi is None:
         return config
@@ -85,7 +101,10 @@ class Predictor:
         self.config = PreprocessConfig.from_dict(self.manifest["preprocess"])
         self.codec = codec_from_dict(self.manifest["codec"])
         self.model = load_keras_model(self.folder)
-        self._lock = threading.Lock()
+        # Every model call runs on this one long-lived thread: calls are serialised (thread-safe)
+        # and TensorFlow's per-thread kernel caches stay warm whichever thread asks (a new thread
+        # per request, as Streamlit's script runs have, otherwise pays for them again each time).
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"cvs-infer-{self.folder.name}")
         self._call = self._compile()
         if warmup:
             shape = (1, *self.model.input_shape[1:])
@@ -117,8 +136,7 @@ class Predictor:
         return self.model.predict_on_batch  # compiled (jit) by Keras on the other backends
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        with self._lock:
-            return np.asarray(self._call(batch), dtype=np.float32)
+        return self._worker.submit(lambda: np.asarray(self._call(batch), dtype=np.float32)).result()
 
     def predict(self, image: np.ndarray, roi=None) -> Prediction:
         """One greyscale image ``(H, W)`` → :class:`Prediction`. ``roi`` overrides the manifest's."""

@@ -56,7 +56,9 @@ def model_version(name: str) -> str:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _load_predictor(name: str, version: str):
-    from cvs_core.predict import Predictor
+    from cvs_core.predict import Predictor, configure_for_interactive_use
+
+    configure_for_interactive_use()
 
     predictor = Predictor.load(name)
     _freeze_heap()
