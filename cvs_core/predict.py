@@ -70,7 +70,7 @@ def configure_for_interactive_use() -> None:
 
     Inside a Streamlit server the first model call of every script run re-instantiates the
     compiled graph (cause not found; measured with AppTest and in a browser), which with Grappler
-    costs ≈ 1.4 s for InceptionResNetV2 on 2 cores and without it ≈ 0.35 s, while steady-state
+    costs ≈ 1.4 s for InceptionResNetV2 on 2 cores and without it ≈ 0.5 s, while steady-state
     latency is the same (134 vs 131 ms). Call once, before loading models, in interactive servers
     only; training keeps the optimiser."""
     import keras
