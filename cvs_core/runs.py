@@ -122,11 +122,30 @@ def new_run_id(model: str) -> str:
     return f"{stamp}-{model}-{secrets.token_hex(2)}"
 
 
+def max_active_runs() -> int:
+    """How many training processes may run at once (``$CVS_MAX_ACTIVE_RUNS``, default 2): a hosted
+    lab shares its cores, and every run takes a whole process."""
+    try:
+        return max(1, int(os.environ.get("CVS_MAX_ACTIVE_RUNS", "2")))
+    except ValueError:
+        return 2
+
+
+class RunLimitError(ValueError):
+    """Too many runs are active to start another."""
+
+
 def start_run(config, run_id: str | None = None) -> str:
     """Start training ``config`` (a ``TrainConfig``) in a separate process; returns the run id.
 
+    Raises :class:`RunLimitError` when ``max_active_runs()`` runs are already starting or running.
+
     The process runs ``python -m cvs_core.cli train --config <run>/config.json --out <run>`` from the
     repository root, in a new session, with stdout and stderr appended to ``<run>/log.txt``."""
+    active = [r["id"] for r in list_runs() if r["status"] in ACTIVE]
+    if len(active) >= max_active_runs():
+        raise RunLimitError(f"{len(active)} training run(s) are already active ({', '.join(active)}); the limit "
+                            f"is {max_active_runs()} (CVS_MAX_ACTIVE_RUNS). Wait for one to finish or cancel one.")
     run_id = run_id or new_run_id(config.model)
     d = runs_dir() / run_id
     d.mkdir(parents=True, exist_ok=False)

@@ -125,3 +125,16 @@ def test_extract_dataset_zip(home, samples_dir):
         with pytest.raises(runs.DatasetZipError, match=msg):
             runs.extract_dataset_zip(bad)
     assert not (home / "evil.csv").exists() and not (home / "uploads" / "evil.csv").exists()
+
+
+def test_active_run_limit(home, monkeypatch):
+    monkeypatch.setenv("CVS_MAX_ACTIVE_RUNS", "1")
+    first = runs.start_run(tiny_config(epochs=50, phantoms=16))
+    try:
+        with pytest.raises(runs.RunLimitError, match="limit is 1"):
+            runs.start_run(tiny_config())
+    finally:
+        runs.cancel(first, wait_s=30)
+    wait_for(first, ("cancelled", "failed", "succeeded"))
+    second = runs.start_run(tiny_config())  # a slot is free again
+    runs.cancel(second, wait_s=30)
