@@ -101,9 +101,8 @@ class Predictor:
         self.config = PreprocessConfig.from_dict(self.manifest["preprocess"])
         self.codec = codec_from_dict(self.manifest["codec"])
         self.model = load_keras_model(self.folder)
-        # Every model call runs on this one long-lived thread: calls are serialised (thread-safe)
-        # and TensorFlow's per-thread kernel caches stay warm whichever thread asks (a new thread
-        # per request, as Streamlit's script runs have, otherwise pays for them again each time).
+        # Every model call runs on this one long-lived thread, so concurrent callers (several app
+        # users) are serialised without sharing a lock across the model's internals.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"cvs-infer-{self.folder.name}")
         self._call = self._compile()
         if warmup:

@@ -140,7 +140,7 @@ def _digest(folder: Path) -> dict[str, str]:
 
 def test_write_dataset_byte_identical(tmp_path):
     c1 = write_phantom_dataset(tmp_path / "a", n=8, seed=9)
-    c2 = write_phantom_dataset(tmp_path / "b", n=8, seed=9)
+    write_phantom_dataset(tmp_path / "b", n=8, seed=9)
     assert c1 == tmp_path / "a" / "labels.csv"
     da, db = _digest(tmp_path / "a"), _digest(tmp_path / "b")
     assert len(da) == 9 and da == db
