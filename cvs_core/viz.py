@@ -472,3 +472,30 @@ STUDY_TABLE = pd.DataFrame([
     {"model": "InceptionResNetV2 (study)", "PCK reported": "75%", "loss / error": "MAE 15.2",
      "PCK definition": "same landmark < 40 ROI px (≈10 mm)"},
 ])
+
+
+def headline_mre_px(metrics: dict) -> float | None:
+    """The one MRE (ROI px) to show for a model: held-out phantoms when measured, else the best
+    validation MRE recorded while training."""
+    metrics = metrics or {}
+    held = metrics.get("heldout_phantoms") or {}
+    if held.get("mre_px") is not None:
+        return float(held["mre_px"])
+    best = metrics.get("best_val_mre_px", (metrics.get("training_validation") or {}).get("best_val_mre_px"))
+    return None if best is None else float(best)
+
+
+def manifest_metrics_table(metrics: dict) -> pd.DataFrame:
+    """One row per evaluation stored in a manifest's ``metrics`` (entries with ``mre_px``):
+    dataset, images, MRE px / mm, SDR@2 mm, PCK, stage agreement and the note saying what the data was."""
+    rows = []
+    for key, m in (metrics or {}).items():
+        if not isinstance(m, dict) or m.get("mre_px") is None:
+            continue
+        stage = m.get("stage_agreement") or {}
+        agree = stage.get("pred_vs_label", stage.get("pred_vs_true_landmarks")) if isinstance(stage, dict) else None
+        rows.append({"evaluation": key.replace("_", " "), "images": m.get("n_images"),
+                     "MRE px": m.get("mre_px"), "MRE mm": m.get("mre_mm"),
+                     "SDR 2 mm": (m.get("sdr") or {}).get("2.0"), "stage agreement": agree,
+                     "note": m.get("note", "")})
+    return pd.DataFrame(rows)

@@ -14,7 +14,7 @@ ui.page_header("Models", "Every registered model is a folder with `model.keras` 
                "its architecture, preprocessing, codec, training data, metrics and weights checksum.",
                ":material/deployed_code:")
 
-from cvs_core import registry  # noqa: E402
+from cvs_core import registry, viz  # noqa: E402
 
 ss = st.session_state
 infos = ui.model_infos()
@@ -29,19 +29,19 @@ else:
         man = m.manifest
         pre = man.get("preprocess", {})
         size = man.get("input_size") or pre.get("input_size")
-        metrics = man.get("metrics") or {}
-        best = metrics.get("best_val_mre_px")
+        best = viz.headline_mre_px(man.get("metrics"))
         rows.append({
             "name": m.name, "kind": "shipped" if m.shipped else "user",
             "architecture": man.get("architecture"), "codec": (man.get("codec") or {}).get("kind"),
             "input (h×w×c)": f"{size[0]}×{size[1]}×{pre.get('channels', 1)}" if size else "—",
             "CLAHE": f"{pre.get('clahe_clip')}/{pre.get('clahe_tile')}" if pre.get("clahe") else "off",
-            "params": man.get("n_params"), "best val MRE px": best,
+            "params": man.get("n_params"), "MRE px": best,
             "ImageNet": man.get("imagenet_weights"), "created": (man.get("created") or "")[:19],
         })
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
         "params": st.column_config.NumberColumn(format="%,d"),
-        "best val MRE px": st.column_config.NumberColumn(format="%.2f"),
+        "MRE px": st.column_config.NumberColumn(format="%.2f", help="Held-out phantoms when measured, else "
+                                                "the best validation MRE while training (ROI px)."),
         "ImageNet": st.column_config.CheckboxColumn("ImageNet")})
 
     st.subheader("Details")
@@ -57,7 +57,16 @@ else:
         st.markdown(f"**Preprocessing** `{json.dumps(man.get('preprocess'))}`")
         st.markdown(f"**Training** preset `{training.get('preset', '—')}`, epochs run {training.get('epochs_run', '—')}, "
                     f"data: {', '.join(f'{k}={v}' for k, v in data.items() if v not in (None, 0)) or '—'}")
-        st.markdown(f"**Metrics** `{json.dumps(man.get('metrics', {}))}`")
+        table = viz.manifest_metrics_table(man.get("metrics"))
+        if len(table):
+            st.markdown("**Measured accuracy** (nominal 0.25 mm/px)")
+            st.dataframe(table, hide_index=True, width="stretch", column_config={
+                "MRE px": st.column_config.NumberColumn(format="%.2f"),
+                "MRE mm": st.column_config.NumberColumn(format="%.2f"),
+                "SDR 2 mm": st.column_config.NumberColumn(format="percent"),
+                "stage agreement": st.column_config.NumberColumn(format="percent")})
+        with st.expander("All metrics (JSON)"):
+            st.json(man.get("metrics", {}))
         st.markdown(f"**Weights sha256** `{man.get('weights_sha256', '—')}`")
         st.markdown(f"**ImageNet backbone weights** {'yes' if man.get('imagenet_weights') else 'no'} · "
                     f"backend `{man.get('backend')}` · Keras {man.get('keras_version')} · schema "
