@@ -234,7 +234,8 @@ def pck_auc(errors, max_threshold: float, unit: str = "px", spacing_mm=None, c3_
     if not max_threshold > 0:
         raise ValueError(f"max_threshold must be > 0, got {max_threshold}")
     e = _scaled(_as_errors(errors), unit, spacing_mm, c3_widths)
-    return float(np.mean(np.clip(1.0 - e / max_threshold, 0.0, 1.0)))
+    with np.errstate(over="ignore"):  # e / T may overflow to inf for tiny T: it clips to 0 as it should
+        return float(np.mean(np.clip(1.0 - e / max_threshold, 0.0, 1.0)))
 
 
 class SortedErrors:
