@@ -6,6 +6,7 @@ A run folder holds ``config.json``, ``metrics.csv`` (one row per epoch, readable
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -360,6 +361,7 @@ class RunMonitor(_callbacks_module()):
         if self.val is None:
             return None
         pre = self.val.pre_config
+        to_roi = _model_to_roi_affine(pre)
         if self._val_batches is None:  # the validation set is fixed: render/read it once
             self._val_batches = [self.val[b] for b in range(len(self.val))]
         errors = []
@@ -368,7 +370,7 @@ class RunMonitor(_callbacks_module()):
             for o, t in zip(out, y):
                 pred, _ = self.codec.decode(o)
                 true, _ = self.codec.decode(t)
-                errors.append(np.linalg.norm(_model_to_roi(pre, pred) - _model_to_roi(pre, true), axis=1))
+                errors.append(np.linalg.norm(apply_affine(to_roi, pred) - apply_affine(to_roi, true), axis=1))
         e = np.concatenate(errors)
         e[~np.isfinite(e)] = 100.0  # a missed landmark counts as a large error, never dropped
         return float(e.mean())
@@ -398,12 +400,12 @@ class RunMonitor(_callbacks_module()):
             print(f"epoch {epoch + 1}/{self.config.epochs} {parts}", flush=True)
 
 
-def _model_to_roi(pre: PreprocessConfig, pts: np.ndarray) -> np.ndarray:
-    """Model-input px → ROI px for a stretch/letterbox resize of a fixed ROI size (no crop here)."""
+def _model_to_roi_affine(pre: PreprocessConfig) -> np.ndarray:
+    """3×3 affine model-input px → ROI px for the resize of a 600×250 ROI (validation images are ROIs)."""
     from cvs_core.landmarks import ROI_SIZE
     from cvs_core.preprocess import resize_to_input
     _, m = resize_to_input(np.zeros(ROI_SIZE, np.uint8), pre)
-    return apply_affine(np.linalg.inv(m), pts)
+    return np.linalg.inv(m)
 
 
 def write_status(run_dir: Path, status: str, **fields_) -> None:
@@ -462,7 +464,7 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, verbose: boo
     last = out_dir / "checkpoints" / "last.keras"
     start_epoch = 0
     strategy = _strategy(config)
-    scope = strategy.scope() if strategy else _nullcontext()
+    scope = strategy.scope() if strategy else contextlib.nullcontext()
     with scope:
         if resume and last.is_file():
             model = keras.saving.load_model(last, custom_objects=CUSTOM_OBJECTS)
@@ -525,11 +527,3 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, verbose: boo
     folder = save_model_folder(final, out_dir / "model", manifest)
     write_status(out_dir, "succeeded", best=monitor.best, model_dir=str(folder))
     return folder
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
