@@ -61,22 +61,31 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def _jsonable(obj):
+def to_jsonable(obj, digits: int | None = None):
+    """Nested dicts/lists/numpy values → strict JSON types: numpy scalars and arrays to Python,
+    paths to strings, NaN/inf to None; floats rounded to ``digits`` when given."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v, digits) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
+        return [to_jsonable(v, digits) for v in obj]
     if isinstance(obj, np.ndarray):
-        return obj.tolist()
+        return to_jsonable(obj.tolist(), digits)
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        if not np.isfinite(v):
+            return None
+        return round(v, digits) if digits is not None else v
     if isinstance(obj, Path):
         return str(obj)
     return obj
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
-    (Path(folder) / MANIFEST).write_text(json.dumps(_jsonable(manifest), indent=2) + "\n")
+    (Path(folder) / MANIFEST).write_text(json.dumps(to_jsonable(manifest), indent=2) + "\n")
 
 
 def base_manifest(name: str, architecture: str, builder_kwargs: dict, preprocess, codec, **extra) -> dict:

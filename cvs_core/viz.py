@@ -417,23 +417,6 @@ def error_summary(pred: np.ndarray, truth: np.ndarray, spacing_mm: float | None)
     return out
 
 
-def _clean(obj):
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _clean(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return round(v, 4) if np.isfinite(v) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
-
 def json_report(image: dict, models: dict[str, dict], truth: np.ndarray | None, spacing_mm: float | None,
                 frame: str = "roi") -> dict:
     """A JSON-serialisable report of one comparison.
@@ -441,7 +424,9 @@ def json_report(image: dict, models: dict[str, dict], truth: np.ndarray | None, 
     image: description (source, name, size, roi …). models: name → {"landmarks": (19, 2),
     "confidence": (19,), "stage": StageResult.to_dict() or None, "ms": float, "manifest": {...}}.
     NaN/inf become null; floats are rounded to 4 decimals."""
-    return _clean({
+    from cvs_core.registry import to_jsonable
+
+    return to_jsonable({
         "schema": "cvs-compare-report/1",
         "frame": frame,
         "spacing_mm_per_px": spacing_mm,
@@ -449,7 +434,7 @@ def json_report(image: dict, models: dict[str, dict], truth: np.ndarray | None, 
         "image": image,
         "truth": truth,
         "models": models,
-    })
+    }, digits=4)
 
 
 def rendered_mask_dice(pred: np.ndarray, true: np.ndarray, roi_size=(600, 250), mask_size=(256, 256)) -> dict:

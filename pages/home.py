@@ -50,20 +50,21 @@ with right:
              width="stretch")
 
 st.markdown("#### Read the results with care")
-c1, c2, c3, c4 = st.columns(4)
-with c1.container(border=True, height="stretch"):
-    st.markdown(":material/psychology_alt: **The stage is an estimate**")
-    st.caption("CS1–CS6 is derived from landmark geometry with published rules; read it with age, sex and "
-               "the radiograph. Human raters agree on the stage less than half of the time.")
-with c2.container(border=True, height="stretch"):
-    st.markdown(":material/straighten: **Nominal pixel spacing**")
-    st.caption("The study did not publish a pixel size. Millimetres use a nominal 0.25 mm/px in the "
-               "250×600 ROI (0.125 mm/px in the full cephalogram) unless a DICOM header gives its own.")
-with c3.container(border=True, height="stretch"):
-    st.markdown(":material/science: **Phantoms are synthetic**")
-    st.caption("Only two labelled real images are public, so most training and testing uses generated "
-               "phantoms. They look like the samples but are not patients.")
-with c4.container(border=True, height="stretch"):
-    st.markdown(":material/model_training: **Demo models**")
-    st.caption("The shipped models were trained on phantoms plus the 2 public images — a demonstration, "
-               "not a clinical tool. Their numbers are not the study's.")
+CAVEATS = [
+    (":material/psychology_alt:", "The stage is an estimate",
+     "CS1–CS6 is derived from landmark geometry with published rules; read it with age, sex and "
+     "the radiograph. Human raters agree on the stage less than half of the time."),
+    (":material/straighten:", "Nominal pixel spacing",
+     "The study did not publish a pixel size. Millimetres use a nominal 0.25 mm/px in the "
+     "250×600 ROI (0.125 mm/px in the full cephalogram) unless a DICOM header gives its own."),
+    (":material/science:", "Phantoms are synthetic",
+     "Only two labelled real images are public, so most training and testing uses generated "
+     "phantoms. They look like the samples but are not patients."),
+    (":material/model_training:", "Demo models",
+     "The shipped models were trained on phantoms plus the 2 public images — a demonstration, "
+     "not a clinical tool. Their numbers are not the study's."),
+]
+for column, (icon, title, text) in zip(st.columns(len(CAVEATS)), CAVEATS):
+    with column.container(border=True, height="stretch"):
+        st.markdown(f"{icon} **{title}**")
+        st.caption(text)
