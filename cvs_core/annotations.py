@@ -253,9 +253,14 @@ def _load_text(src: CsvSource) -> tuple[str, str]:
     return raw.lstrip("\ufeff"), label
 
 
-def _read_annotations(src: CsvSource, image_dir, missing_images: str, check_bounds: bool | str
-                      ) -> tuple[AnnotationSet | None, list[str], str]:
+# Landmarks that the common 13-landmark scheme of CVM datasets lacks (ours 5, 7, 8, 13, 15, 16).
+SCHEME_13_ABSENT = (5, 7, 8, 13, 15, 16)
+
+
+def _read_annotations(src: CsvSource, image_dir, missing_images: str, check_bounds: bool | str,
+                      optional_landmarks: Iterable[int] = ()) -> tuple[AnnotationSet | None, list[str], str]:
     """Parse and validate; returns ``(set or None, problems, source label)``."""
+    optional = {int(k) for k in optional_landmarks}
     if missing_images not in MISSING_IMAGE_POLICIES:
         raise ValueError(f"missing_images must be one of {MISSING_IMAGE_POLICIES}, got {missing_images!r}")
     if check_bounds not in (True, False, "warn"):
@@ -294,8 +299,15 @@ def _read_annotations(src: CsvSource, image_dir, missing_images: str, check_boun
             first_row[name] = i
             if _unsafe_name(name):
                 problems.append(f"{where}, column {NAME_COLUMN}: must be a relative path inside the image folder")
+        empty_optional = {k for k in optional
+                          if not str(cells[i, 2 * k - 2]).strip() and not str(cells[i, 2 * k - 1]).strip()}
         for j, col in enumerate(COORD_COLUMNS):
+            if j // 2 + 1 in empty_optional:
+                continue  # both cells empty: an absent landmark of the 13-landmark scheme (NaN)
             value, problem = _parse_coordinate(str(cells[i, j]))
+            if problem == "is empty" and optional and j // 2 + 1 not in optional:
+                problem = (f"is empty (only landmarks {', '.join(map(str, sorted(optional)))} may be left "
+                           f"empty: the 13-landmark scheme)")
             if problem:
                 problems.append(f"{where}, column {col}: {problem}")
             elif value < 0:
@@ -356,7 +368,8 @@ def _read_annotations(src: CsvSource, image_dir, missing_images: str, check_boun
 
 
 def read_annotations(path_or_buffer: CsvSource, image_dir: str | os.PathLike | None = None,
-                     missing_images: str = "error", check_bounds: bool | str = True) -> AnnotationSet:
+                     missing_images: str = "error", check_bounds: bool | str = True,
+                     optional_landmarks: Iterable[int] = ()) -> AnnotationSet:
     """Read and validate a study CSV → :class:`AnnotationSet` (landmarks ``(N, 19, 2)`` float64).
 
     image_dir: folder holding the images named in ``image_name``; when given, each image must exist
@@ -364,18 +377,23 @@ def read_annotations(path_or_buffer: CsvSource, image_dir: str | os.PathLike | N
     ``"ignore"`` keeps it unchecked) and, with ``check_bounds``, every landmark must lie inside it
     (size read from the image header); ``check_bounds="warn"`` records those in ``warnings``
     instead (the study's own ``LC (11).jpg`` has C4's inferior corners below its 600-px ROI).
+    optional_landmarks: 1-based landmarks whose two cells may both be empty (→ NaN), e.g.
+    :data:`SCHEME_13_ABSENT` for 13-landmark files (staging and evaluation accept those; training
+    needs all 19). Any other empty cell stays a problem naming its row and column.
     Raises :class:`AnnotationError` listing all problems.
     """
-    aset, problems, label = _read_annotations(path_or_buffer, image_dir, missing_images, check_bounds)
+    aset, problems, label = _read_annotations(path_or_buffer, image_dir, missing_images, check_bounds,
+                                              optional_landmarks)
     if problems or aset is None:
         raise AnnotationError(label, problems)
     return aset
 
 
 def validate_annotations(path_or_buffer: CsvSource, image_dir: str | os.PathLike | None = None,
-                         missing_images: str = "error", check_bounds: bool | str = True) -> list[str]:
+                         missing_images: str = "error", check_bounds: bool | str = True,
+                         optional_landmarks: Iterable[int] = ()) -> list[str]:
     """The problems :func:`read_annotations` would raise, as a list (empty when the file is fine)."""
-    return _read_annotations(path_or_buffer, image_dir, missing_images, check_bounds)[1]
+    return _read_annotations(path_or_buffer, image_dir, missing_images, check_bounds, optional_landmarks)[1]
 
 
 # --- writing -------------------------------------------------------------------------------

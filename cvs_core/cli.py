@@ -73,6 +73,18 @@ def cmd_stage(args) -> int:
     return stage_command(args)
 
 
+def cmd_stage_calibrate(args) -> int:
+    from cvs_core.calibration import calibrate_command
+
+    return calibrate_command(args)
+
+
+def cmd_convert(args) -> int:
+    from cvs_core.formats import convert_command
+
+    return convert_command(args)
+
+
 def cmd_ensure_models(args) -> int:
     from cvs_core.registry import ensure_demo_models
 
@@ -131,7 +143,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--csv", required=True)
     s.add_argument("--spacing", type=float, default=0.25, help="mm per pixel (default 0.25, nominal)")
     s.add_argument("--out", required=True)
+    s.add_argument("--config", default=None,
+                   help="staging config: default (calibrated on expert stages), learned, textbook, or a JSON from stage-calibrate")
+    s.add_argument("--truth-column", dest="truth_column", default=None,
+                   help="column with expert stages (e.g. cs_stage): also report agreement, kappa and the confusion matrix")
     s.set_defaults(func=cmd_stage)
+
+    s = sub.add_parser("stage-calibrate", help="fit staging thresholds (or a learned model) to expert stages, with CV")
+    s.add_argument("--csv", required=True, help="study CSV with an expert-stage column (13-landmark rows allowed)")
+    s.add_argument("--out", required=True, help="config JSON to write (for cvs stage --config)")
+    s.add_argument("--truth-column", dest="truth_column", default="cs_stage")
+    s.add_argument("--method", choices=["rules", "learned"], default="rules",
+                   help="rules: CS-table thresholds (default); learned: ordinal logistic model on the same measurements")
+    s.add_argument("--folds", type=int, default=5)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--objective", choices=["exact", "exact+within1", "kappa"], default="exact+within1")
+    s.add_argument("--name", default=None, help="name stored in the config (default: calibrated / learned)")
+    s.set_defaults(func=cmd_stage_calibrate)
+
+    s = sub.add_parser("convert", help="convert iCVM text files or labelme JSON to the study CSV")
+    s.add_argument("--from", dest="fmt", choices=["icvm", "labelme"], required=True)
+    s.add_argument("inputs", nargs="+", help="files or folders (*.txt for icvm, *.json for labelme)")
+    s.add_argument("--out", required=True, help="study CSV to write")
+    s.add_argument("--facing", choices=["right", "left"], default="right",
+                   help="labelme polygons: the side the patient faces (anterior side), default right")
+    s.set_defaults(func=cmd_convert)
 
     s = sub.add_parser("ensure-models", help="check the shipped demo models (build any that are missing)")
     s.set_defaults(func=cmd_ensure_models)

@@ -128,7 +128,11 @@ def load_dataset(csv, images, spacing_mm: float = 0.25) -> Dataset:
     gives the stages."""
     from cvs_core.annotations import read_annotations
 
-    aset = read_annotations(csv, image_dir=images, missing_images="skip", check_bounds="warn")
+    from cvs_core.annotations import SCHEME_13_ABSENT
+
+    # 13-landmark labels (5, 7, 8, 13, 15, 16 empty) are scored on the landmarks they have
+    aset = read_annotations(csv, image_dir=images, missing_images="skip", check_bounds="warn",
+                            optional_landmarks=SCHEME_13_ABSENT)
     if len(aset) == 0:
         raise ValueError(f"{csv}: none of the images named in the CSV is in {images}")
     folder = Path(images)
@@ -348,9 +352,7 @@ def _stages_of(landmarks: np.ndarray, spacing_mm: float) -> np.ndarray:
 
     out = np.zeros(len(landmarks), np.int64)
     for i, lm in enumerate(landmarks):
-        if not np.isfinite(lm).all():
-            continue
-        try:
+        try:  # 13-landmark sets are staged too (the missing six are derived from the corners)
             out[i] = stage_landmarks(lm, spacing_mm).stage
         except ValueError:
             pass
@@ -383,8 +385,12 @@ def score(pset: PredictionSet, spacing_mm: float | None = None, threshold_mm: fl
     spacing = float(spacing_mm if spacing_mm is not None else pset.spacing_mm)
     stages = pset.stages if stages is None else np.asarray(stages, np.int64)
     pred, true = pset.pred, pset.true
+    labelled = np.isfinite(true).all(axis=(0, 2))  # (19,) landmarks labelled in every image
+    if not labelled.all():  # e.g. 13-landmark labels: score the labelled landmarks only
+        pred, true = pred[:, labelled], true[:, labelled]
     e = metrics.radial_errors(pred, true)
     summary = metrics.summarize(pred, true, spacing, pck_threshold_mm=threshold_mm)
+    summary["landmarks_scored"] = [int(k) + 1 for k in np.flatnonzero(labelled)]
     summary["legacy"] = {
         "unet_pck": _jf(legacy_unet_pck_from_landmarks(pred, true)),
         "inception_pck": _jf(metrics.legacy_inception_pck(pred, true)),
@@ -392,6 +398,10 @@ def score(pset: PredictionSet, spacing_mm: float | None = None, threshold_mm: fl
         "note": LEGACY_NOTE,
     }
 
+    if not labelled.all():  # back to (N, 19): NaN errors where there is no label
+        full = np.full((len(e), N_LANDMARKS), np.nan)
+        full[:, labelled] = e
+        e, pred, true = full, pset.pred, pset.true
     stage_pred = _stages_of(pred, spacing)
     stage_from_true = _stages_of(true, spacing)
     agreement = {
@@ -414,7 +424,7 @@ def score(pset: PredictionSet, spacing_mm: float | None = None, threshold_mm: fl
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             per_img_mean = np.nanmean(finite, axis=1)
-            per_img_max = np.max(e, axis=1)
+            per_img_max = np.max(e[:, labelled], axis=1)
             per_lm_mean = np.nanmean(finite, axis=0)
             per_lm_sd = np.nanstd(finite, axis=0)
             per_lm_median = np.nanmedian(finite, axis=0)
@@ -425,8 +435,8 @@ def score(pset: PredictionSet, spacing_mm: float | None = None, threshold_mm: fl
         "mre_mm": per_img_mean * spacing,
         "max_err_px": per_img_max,
         "max_err_mm": per_img_max * spacing,
-        "n_missing": np.sum(~np.isfinite(e), axis=1),
-        f"pck@{threshold_mm:g}mm": np.mean(e * spacing <= threshold_mm, axis=1),
+        "n_missing": np.sum(np.isinf(e), axis=1),
+        f"pck@{threshold_mm:g}mm": np.mean(e[:, labelled] * spacing <= threshold_mm, axis=1),
         "mean_confidence": np.nanmean(np.where(np.isfinite(pset.confidence), pset.confidence, np.nan), axis=1)
         if np.isfinite(pset.confidence).any() else np.nan,
         "stage_pred": stage_pred,
@@ -450,6 +460,7 @@ def score(pset: PredictionSet, spacing_mm: float | None = None, threshold_mm: fl
         **{f"sdr@{r}mm": metrics.pck_per_landmark(e, float(r), unit="mm", spacing_mm=spacing) for r in SDR_KEYS},
         "n_missing": np.sum(~np.isfinite(e), axis=0),
     })
+    per_landmark.loc[~labelled, ["pck", *[f"sdr@{r}mm" for r in SDR_KEYS], "n_missing"]] = np.nan
     return {"summary": summary, "per_image": per_image, "per_landmark": per_landmark, "errors_px": e}
 
 

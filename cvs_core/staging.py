@@ -49,13 +49,36 @@ to move (relative: |ratio − 0.07| / 0.07 for a concavity flag; for a shape, ho
 lie outside the wanted class, each divided by its cut-off), then by the lower stage. The failed
 rules of that stage are named in ``failed_rule``.
 
+13-landmark schemes
+-------------------
+Most CVM datasets (iCVM/LM-PCVMNet, CVM_assessment, cvmt) mark 13 points: ours 1, 2, 3, 4, 6, 9,
+10, 11, 12, 14, 17, 18, 19. The six others (5, 7, 8 of C3 and 13, 15, 16 of C4) are then derived
+from the corners (:data:`DERIVED_FROM_CORNERS`): the superior middle point as the mid-point of the
+superior corners (so H = (AH + PH) / 2) and the mid-border points as the mid-points of the
+posterior / anterior corners (so W = distance between the mid-points of the posterior and anterior
+borders). The result says so (``derived``). Any other missing landmark is an error naming it.
+A calibrated config fitted on 13-landmark data sets ``body_points="corners"`` so that 19-landmark
+sets are measured the same way as the data it was fitted on.
+
+Configs
+-------
+:class:`StagingConfig` holds the thresholds (per-border concavity cut-offs optional), the method
+("rules", or "learned": a proportional-odds ordinal logistic model on the same seven measurements,
+:class:`OrdinalModel`), its provenance and its cross-validated agreement with experts. Shipped
+configs (``cvs_core/data/staging_*.json``): ``"default"`` (rule thresholds calibrated on the 720
+iCVM-900 training cases), ``"learned"`` and ``"textbook"`` (McNamara & Franchi thresholds).
+``stage_landmarks(..., config=None)`` uses the shipped default; see :func:`load_config`.
+
 Never use this module to label phantoms: a phantom's stage is the stage it was generated for
 (DESIGN §7), otherwise the stage-agreement check would be circular.
 """
 from __future__ import annotations
 
+import functools
+import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 
@@ -95,17 +118,74 @@ del T, H, S, V
 VERTEBRAE = ("C2", "C3", "C4")
 BORDERLINE_MARGIN = 0.10  # a measurement within 10 % of its cut-off makes an exact fit "borderline"
 
+# Landmarks absent from the common 13-landmark scheme → the two corners whose mid-point replaces them.
+DERIVED_FROM_CORNERS: dict[int, tuple[int, int]] = {5: (4, 6), 7: (4, 9), 8: (6, 11),
+                                                    13: (12, 14), 15: (12, 17), 16: (14, 19)}
+SCHEME_13 = tuple(i for i in range(1, N_LANDMARKS + 1) if i not in DERIVED_FROM_CORNERS)
+# The seven measurements the stage decision uses (rules and learned model alike), in this order.
+FEATURES = ("c2_concavity", "c3_concavity", "c4_concavity", "c3_ah_ph", "c4_ah_ph", "c3_h_w", "c4_h_w")
+DATA_DIR = Path(__file__).resolve().parent / "data"
+SHIPPED = {"default": "staging_default.json", "calibrated": "staging_default.json",
+           "learned": "staging_learned.json", "textbook": "staging_textbook.json"}
+LEARNED_HIGH_PROBABILITY = 0.6  # learned method: below this top probability the call is "borderline"
+
+
+@dataclass
+class OrdinalModel:
+    """Proportional-odds (cumulative logit) model: P(stage ≤ k) = σ(cut_k − w·z), z = (x − mean) / scale.
+
+    features : names of the measurements in x (``FEATURES``); mean, scale, coef : (7,) lists;
+    cutpoints : 5 increasing numbers separating CS1|CS2|…|CS6. One weight per measurement, so a
+    positive weight means "larger value → later stage".
+    """
+
+    features: list
+    mean: list
+    scale: list
+    coef: list
+    cutpoints: list
+
+    def __post_init__(self):
+        n = len(self.features)
+        if not (len(self.mean) == len(self.scale) == len(self.coef) == n) or len(self.cutpoints) != 5:
+            raise ValueError("ordinal model: mean/scale/coef need one value per feature and 5 cut-points")
+        if list(self.features) != list(FEATURES):
+            raise ValueError(f"ordinal model features must be {list(FEATURES)}, got {list(self.features)}")
+        if np.any(np.diff(self.cutpoints) <= 0):
+            raise ValueError("ordinal model cut-points must increase")
+
+    def predict_proba(self, X) -> np.ndarray:
+        """X : (N, 7) measurements in ``features`` order → (N, 6) probabilities of CS1..CS6."""
+        X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+        eta = ((X - np.asarray(self.mean)) / np.asarray(self.scale)) @ np.asarray(self.coef)
+        cdf = 1.0 / (1.0 + np.exp(-(np.asarray(self.cutpoints)[None, :] - eta[:, None])))
+        cdf = np.hstack([np.zeros((len(X), 1)), cdf, np.ones((len(X), 1))])
+        return np.clip(np.diff(cdf, axis=1), 0.0, 1.0)
+
+    def predict(self, X) -> np.ndarray:
+        """(N, 7) → (N,) stages 1..6 (most probable)."""
+        return self.predict_proba(X).argmax(axis=1) + 1
+
 
 @dataclass
 class StagingConfig:
-    """Every staging threshold (DESIGN §6; the trapezoid cut-off is an engineering default).
+    """Every staging threshold (DESIGN §6; the trapezoid cut-off is an engineering default) plus
+    how the config was made. ``StagingConfig()`` is the textbook (McNamara & Franchi) config.
 
     concavity_ratio : depth / chord at or above which an inferior border is concave.
+    concavity_ratio_c2, _c3, _c4 : per-border overrides of ``concavity_ratio`` (None = use it).
     concavity_mode : "ratio" (scale-free, default) or "absolute" (depth ≥ ``concavity_abs_mm``;
         needs the pixel spacing).
     concavity_abs_mm : the absolute depth cut-off in mm.
     square_low, square_high : H/W range (inclusive) of a square body.
     trapezoid_ratio : AH/PH below which a body is a trapezoid.
+    body_points : "auto" (H from 5 / 13 and W from 7–8 / 15–16 when present, else from the
+        corners) or "corners" (always from the corners, as on 13-landmark data).
+    method : "rules" (the CS table) or "learned" (``learned`` decides, the rules explain).
+    learned : the :class:`OrdinalModel` (or its dict) for ``method="learned"``.
+    name : short name shown with the stage ("textbook", "calibrated", …).
+    provenance : where the numbers come from (data, date, command, fitting procedure).
+    agreement : measured agreement with expert stages (see :func:`expert_agreement`).
     """
 
     concavity_ratio: float = 0.07
@@ -114,6 +194,15 @@ class StagingConfig:
     square_low: float = 0.9
     square_high: float = 1.1
     trapezoid_ratio: float = 0.85
+    concavity_ratio_c2: float | None = None
+    concavity_ratio_c3: float | None = None
+    concavity_ratio_c4: float | None = None
+    body_points: str = "auto"
+    method: str = "rules"
+    learned: OrdinalModel | None = None
+    name: str = "textbook"
+    provenance: dict = field(default_factory=dict)
+    agreement: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.concavity_mode not in ("ratio", "absolute"):
@@ -123,6 +212,143 @@ class StagingConfig:
         for name in ("concavity_ratio", "concavity_abs_mm", "trapezoid_ratio"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for v in VERTEBRAE:
+            value = getattr(self, f"concavity_ratio_{v.lower()}")
+            if value is not None and not value > 0:
+                raise ValueError(f"concavity_ratio_{v.lower()} must be > 0 or None, got {value}")
+        if self.body_points not in ("auto", "corners"):
+            raise ValueError(f"body_points must be 'auto' or 'corners', got {self.body_points!r}")
+        if self.method not in ("rules", "learned"):
+            raise ValueError(f"method must be 'rules' or 'learned', got {self.method!r}")
+        if isinstance(self.learned, dict):
+            self.learned = OrdinalModel(**self.learned)
+        if self.method == "learned" and self.learned is None:
+            raise ValueError("method='learned' needs a fitted model in 'learned' (see cvs stage-calibrate --method learned)")
+
+    def concavity_cut(self, vertebra: str) -> float:
+        """The depth/chord cut-off of one border ("C2", "C3" or "C4")."""
+        value = getattr(self, f"concavity_ratio_{vertebra.lower()}")
+        return self.concavity_ratio if value is None else value
+
+    def thresholds_text(self) -> str:
+        """One line with every threshold, for printing next to stages."""
+        cuts = {v: self.concavity_cut(v) for v in VERTEBRAE}
+        if len(set(cuts.values())) == 1:
+            conc = f"concave ≥ {cuts['C2']:g}"
+        else:
+            conc = "concave ≥ " + "/".join(f"{cuts[v]:g}" for v in VERTEBRAE) + " (C2/C3/C4)"
+        if self.concavity_mode == "absolute":
+            conc = f"concave depth ≥ {self.concavity_abs_mm:g} mm"
+        text = (f"[{self.name}] concavity = depth/chord ({conc}); body H/W square {self.square_low:g}–"
+                f"{self.square_high:g}; trapezoid AH/PH < {self.trapezoid_ratio:g}")
+        if self.body_points == "corners":
+            text += "; H and W from the corners"
+        if self.method == "learned":
+            text += "; stage decided by the learned ordinal model (rules shown for explanation)"
+        return text
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (the format of ``staging.json``)."""
+        out = {"format": "cvs-staging-config", "version": 1}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = asdict(value) if isinstance(value, OrdinalModel) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StagingConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
+        data = dict(data)
+        data.pop("format", None)
+        data.pop("version", None)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown staging config key(s): {unknown}")
+        return cls(**data)
+
+
+def save_config(config: StagingConfig, path) -> Path:
+    """Write a config as JSON (``cvs stage --config`` and :func:`load_config` read it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_jsonable(config.to_dict()), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def _jsonable(obj):
+    """numpy values → Python, NaN/inf → None (strict JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+@functools.lru_cache(maxsize=16)
+def _load_shipped(filename: str) -> dict:
+    return json.loads((DATA_DIR / filename).read_text(encoding="utf-8"))
+
+
+def load_config(config=None) -> StagingConfig:
+    """A :class:`StagingConfig` from None (the shipped default), a config (returned as is), a
+    shipped name ("default" = "calibrated", "learned", "textbook") or a JSON file path.
+
+    "textbook" falls back to ``StagingConfig()`` when its JSON (which adds the measured agreement)
+    is absent. Raises ValueError for an unknown name or an unreadable file.
+    """
+    if isinstance(config, StagingConfig):
+        return config
+    if config is None:
+        config = "default"
+    if isinstance(config, dict):
+        return StagingConfig.from_dict(config)
+    text = str(config)
+    if text in SHIPPED:
+        try:
+            return StagingConfig.from_dict(_load_shipped(SHIPPED[text]))
+        except FileNotFoundError:
+            if text == "textbook":
+                return StagingConfig()
+            raise ValueError(f"the shipped staging config {SHIPPED[text]!r} is missing from {DATA_DIR}") from None
+    path = Path(text)
+    if not path.is_file():
+        raise ValueError(f"staging config {text!r} is neither a shipped name ({', '.join(SHIPPED)}) nor a file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable staging config JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a staging config must be a JSON object")
+    try:
+        return StagingConfig.from_dict(data)
+    except TypeError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def textbook() -> StagingConfig:
+    """The McNamara & Franchi thresholds (with their measured expert agreement when shipped)."""
+    return load_config("textbook")
+
+
+def expert_agreement(config=None) -> dict | None:
+    """How often the config's stage agrees with expert stages, as measured (cross-validated for
+    fitted configs) and stored in the config: ``{"summary": str, "n": int, "exact": float,
+    "within_one": float, "kappa_qw": float, "per_stage": {"CS1": {"n_called", "exact",
+    "within_one", "n_expert", "recall"}, …}, "confusion": 6×6 list (rows expert, columns
+    predicted), "method": str}``, or None when the config was never measured.
+
+    ``per_stage["CSk"]["exact"]`` answers "when this staging says CSk, how often did the expert
+    say CSk too" — the number the Compare page shows next to a stage.
+    """
+    cfg = load_config(config)
+    return cfg.agreement or None
 
 
 @dataclass
@@ -142,6 +368,14 @@ class StageResult:
     measurements : flat dict of floats (None where not available, e.g. mm without spacing).
     shapes : {"C3": shape, "C4": shape}; concavity : {"C2": bool, "C3": bool, "C4": bool}.
     mismatches : {"CS1": n, …} number of failed criteria per stage (0 for the exact one).
+    nearest_alternative : the next-best stage (1..6) when the call is borderline or low
+        (rules: the stage a single moved threshold / the fewest mismatches leads to; learned: the
+        second most probable stage), else None.
+    derived : note on landmarks derived from the corners (13-landmark sets), else None.
+    method : "rules" or "learned"; config_name : the config's name.
+    probabilities : {"CS1": p, …} for the learned method, else None.
+    expert_agreement : the config's measured agreement for this stage (``per_stage`` entry of
+        :func:`expert_agreement`), or None.
     """
 
     stage: int
@@ -157,6 +391,12 @@ class StageResult:
     shapes: dict
     concavity: dict
     mismatches: dict = field(default_factory=dict)
+    nearest_alternative: int | None = None
+    derived: str | None = None
+    method: str = "rules"
+    config_name: str = "textbook"
+    probabilities: dict | None = None
+    expert_agreement: dict | None = None
 
     def to_dict(self) -> dict:
         """JSON-serialisable dict."""
@@ -186,22 +426,54 @@ def _pt(lm: np.ndarray, index1: int) -> np.ndarray:
     return lm[index1 - 1]
 
 
-def measure(landmarks, spacing_mm: float | None = None) -> dict:
+def complete_landmarks(landmarks, body_points: str = "auto") -> tuple[np.ndarray, list[int]]:
+    """Fill the landmarks that the 13-landmark scheme lacks from the corners.
+
+    landmarks : (19, 2) (x, y) pixels, NaN where absent. body_points : "auto" derives only the
+    absent ones of :data:`DERIVED_FROM_CORNERS`; "corners" derives all six even when present.
+
+    Returns ``(filled (19, 2) copy, sorted 1-based indices that were derived)``. Raises ValueError
+    naming every missing landmark that cannot be derived (1, 2, 3, 4, 6, 9, 10, 11, 12, 14, 17, 18, 19).
+    """
+    lm = np.array(landmarks, dtype=np.float64)
+    if lm.shape != (N_LANDMARKS, 2):
+        raise ValueError(f"landmarks must be shaped ({N_LANDMARKS}, 2), got {lm.shape}")
+    missing = sorted({int(i) + 1 for i in np.argwhere(~np.isfinite(lm))[:, 0]})
+    essential = [i for i in missing if i not in DERIVED_FROM_CORNERS]
+    if essential:
+        raise ValueError(f"cannot stage: landmark(s) {essential} missing (NaN); only "
+                         f"{', '.join(map(str, DERIVED_FROM_CORNERS))} may be absent (13-landmark scheme: "
+                         f"they are derived from the corners)")
+    derive = sorted(DERIVED_FROM_CORNERS) if body_points == "corners" else missing
+    for i in derive:
+        a, b = DERIVED_FROM_CORNERS[i]
+        lm[i - 1] = 0.5 * (lm[a - 1] + lm[b - 1])
+    return lm, list(derive)
+
+
+def derived_note(derived: list[int]) -> str | None:
+    """The sentence that goes with a stage measured on derived points (None when none were)."""
+    if not derived:
+        return None
+    return (f"H and W of C3/C4 derived from the corners (landmark{'s' if len(derived) > 1 else ''} "
+            f"{', '.join(map(str, derived))} {'taken as' if len(derived) > 1 else 'taken as a'} corner "
+            f"mid-point{'s' if len(derived) > 1 else ''}: H = (AH + PH) / 2, W between the mid-points of the "
+            f"posterior and anterior borders)")
+
+
+def measure(landmarks, spacing_mm: float | None = None, body_points: str = "auto") -> dict:
     """Raw measurements of one landmark set (see the module docstring for definitions).
 
-    landmarks : (19, 2) (x, y) pixels. spacing_mm : mm per pixel or None.
+    landmarks : (19, 2) (x, y) pixels; 5, 7, 8, 13, 15, 16 may be NaN (derived from the corners,
+    see :func:`complete_landmarks`, as are all six with ``body_points="corners"``).
+    spacing_mm : mm per pixel or None.
 
     Returns a flat dict of floats: ``{v}_depth_px``, ``{v}_chord_px``, ``{v}_concavity``
     (depth / chord), ``{v}_depth_mm`` for v in c2, c3, c4; ``{v}_ah_px``, ``{v}_ph_px``,
     ``{v}_h_px``, ``{v}_w_px``, ``{v}_h_w``, ``{v}_ah_ph``, ``{v}_h_mm``, ``{v}_w_mm`` for v in
     c3, c4 (mm values None without spacing).
     """
-    lm = np.asarray(landmarks, dtype=np.float64)
-    if lm.shape != (N_LANDMARKS, 2):
-        raise ValueError(f"landmarks must be shaped ({N_LANDMARKS}, 2), got {lm.shape}")
-    if not np.isfinite(lm).all():
-        missing = sorted({int(i) + 1 for i in np.argwhere(~np.isfinite(lm))[:, 0]})
-        raise ValueError(f"cannot stage: landmark(s) {missing} missing (NaN)")
+    lm, _ = complete_landmarks(landmarks, body_points)
     if spacing_mm is not None and not (math.isfinite(spacing_mm) and spacing_mm > 0):
         raise ValueError(f"pixel spacing must be > 0 mm/px, got {spacing_mm:g}")
 
@@ -245,8 +517,10 @@ def measure(landmarks, spacing_mm: float | None = None) -> dict:
     return out
 
 
-def classify_shape(ah_ph: float, h_w: float, config: StagingConfig = StagingConfig()) -> str:
-    """Body shape class from AH/PH and H/W; trapezoid takes precedence (module docstring)."""
+def classify_shape(ah_ph: float, h_w: float, config: StagingConfig | None = None) -> str:
+    """Body shape class from AH/PH and H/W; trapezoid takes precedence (module docstring).
+    config None → the textbook thresholds."""
+    config = config or StagingConfig()
     if ah_ph < config.trapezoid_ratio:
         return TRAPEZOID
     if h_w > config.square_high:
@@ -282,7 +556,7 @@ def _concavity_value(meas: dict, key: str, cfg: StagingConfig, digits: int = 2) 
         v = meas[f"{key}_depth_mm"]
         return v, cfg.concavity_abs_mm, f"{v:.{digits - 1}f} mm"
     v = meas[f"{key}_concavity"]
-    return v, cfg.concavity_ratio, f"{v:.{digits}f}"
+    return v, cfg.concavity_cut(key.upper()), f"{v:.{digits}f}"
 
 
 def _names(allowed: frozenset) -> str:
@@ -335,20 +609,29 @@ def _borderline_notes(flags, shapes, meas, cfg) -> list[str]:
     return notes
 
 
+def features_of(meas: dict) -> np.ndarray:
+    """The seven decision measurements (:data:`FEATURES` order) of a :func:`measure` dict → (7,)."""
+    return np.array([meas[k] for k in FEATURES], dtype=np.float64)
+
+
 def stage_landmarks(landmarks, spacing_mm: float | None = None,
-                    config: StagingConfig | None = None) -> StageResult:
+                    config: StagingConfig | str | None = None) -> StageResult:
     """CVM stage of one landmark set.
 
     landmarks : (19, 2) (x, y) pixels, in any frame (rotation, translation and scale do not
-        matter in the default ratio mode). spacing_mm : mm per pixel; adds mm measurements and is
-        required by ``concavity_mode="absolute"``. config : thresholds (:class:`StagingConfig`).
+        matter in the default ratio mode); 5, 7, 8, 13, 15, 16 may be NaN (13-landmark scheme).
+    spacing_mm : mm per pixel; adds mm measurements and is required by
+        ``concavity_mode="absolute"``.
+    config : a :class:`StagingConfig`, a shipped name ("default", "learned", "textbook"), a JSON
+        path, or None for the shipped default (:func:`load_config`).
 
-    Returns a :class:`StageResult`. Raises ValueError for a wrong shape, missing (NaN) landmarks,
-    a non-positive spacing, or absolute mode without spacing.
+    Returns a :class:`StageResult`. Raises ValueError for a wrong shape, missing landmarks that
+    cannot be derived, a non-positive spacing, or absolute mode without spacing.
     """
-    cfg = config or StagingConfig()
+    cfg = load_config(config)
     _check_mode(cfg, spacing_mm)
-    meas = measure(landmarks, spacing_mm)
+    filled, derived = complete_landmarks(landmarks, cfg.body_points)
+    meas = measure(filled, spacing_mm)
 
     flags = {}
     for v in VERTEBRAE:
@@ -358,18 +641,37 @@ def stage_landmarks(landmarks, spacing_mm: float | None = None,
 
     scores = {s: _score_stage(s, flags, shapes, meas, cfg) for s in STAGE_TABLE}
     ranked = sorted(STAGE_TABLE, key=lambda s: (scores[s][0], scores[s][1], s))
-    stage = ranked[0]
+    probabilities = None
+    if cfg.method == "learned":
+        proba = cfg.learned.predict_proba(features_of(meas)[None])[0]
+        probabilities = {f"CS{s}": float(p) for s, p in zip(STAGE_TABLE, proba)}
+        order = [int(i) + 1 for i in np.argsort(-proba, kind="stable")]
+        stage = order[0]
+    else:
+        stage = ranked[0]
     n_bad, _dist, failed = scores[stage]
     exact = n_bad == 0
+    alternative = None
 
-    if exact:
+    if cfg.method == "learned":
+        p1, p2 = proba[order[0] - 1], proba[order[1] - 1]
+        level = "high" if p1 >= LEARNED_HIGH_PROBABILITY else "borderline"
+        if level == "borderline":
+            alternative = order[1]
+        confidence = (f"learned model: CS{stage} {p1:.0%}, next CS{order[1]} {p2:.0%}; the CS table "
+                      + ("fits this row exactly" if exact else f"is {n_bad} criterion{'s' if n_bad > 1 else ''} off"))
+        failed_rule = None if exact else f"CS{stage} row needs " + "; ".join(failed)
+    elif exact:
         notes = _borderline_notes(flags, shapes, meas, cfg)
         level = "borderline" if notes else "high"
+        if notes:
+            alternative = ranked[1]
         confidence = (f"fits the CS{stage} row exactly" + ("; borderline: " + "; ".join(notes) if notes
                                                             else "; no measurement near a cut-off"))
         failed_rule = None
     else:
         runner = ranked[1]
+        alternative = runner
         level = "low"
         confidence = (f"no row fits exactly; CS{stage} is nearest ({n_bad} criterion{'s' if n_bad > 1 else ''} off), "
                       f"next CS{runner} ({scores[runner][0]} off)")
@@ -378,18 +680,26 @@ def stage_landmarks(landmarks, spacing_mm: float | None = None,
     conc_text = ", ".join(f"{v} {'concave' if flags[v] else 'flat'} ({_concavity_value(meas, v.lower(), cfg)[2]})"
                           for v in VERTEBRAE)
     shape_text = f"C3 {SHORT[shapes['C3']]}, C4 {SHORT[shapes['C4']]}"
-    rationale = f"{conc_text}; {shape_text} → CS{stage}" + ("" if exact else " (nearest)")
+    if cfg.method == "learned":
+        rationale = f"{conc_text}; {shape_text} → CS{stage} (learned model, {probabilities[f'CS{stage}']:.0%})"
+    else:
+        rationale = f"{conc_text}; {shape_text} → CS{stage}" + ("" if exact else " (nearest)")
+    per_stage = (cfg.agreement or {}).get("per_stage") or {}
 
     return StageResult(
         stage=stage, label=f"CS{stage}", exact=exact, confidence_level=level, confidence=confidence,
         failed_rule=failed_rule, rationale=rationale, growth=GROWTH[stage], caveat=CAVEAT,
         measurements=meas, shapes=shapes, concavity=flags,
         mismatches={f"CS{s}": scores[s][0] for s in STAGE_TABLE},
+        nearest_alternative=alternative, derived=derived_note(derived), method=cfg.method,
+        config_name=cfg.name, probabilities=probabilities, expert_agreement=per_stage.get(f"CS{stage}"),
     )
 
 
-def stage_many(landmarks, spacing_mm=None, config: StagingConfig | None = None) -> list[StageResult]:
-    """Stage every set: landmarks (N, 19, 2); spacing_mm None, a scalar or (N,) → N results."""
+def stage_many(landmarks, spacing_mm=None, config: StagingConfig | str | None = None) -> list[StageResult]:
+    """Stage every set: landmarks (N, 19, 2); spacing_mm None, a scalar or (N,) → N results
+    (config as in :func:`stage_landmarks`)."""
+    config = load_config(config)
     lms = np.asarray(landmarks, dtype=np.float64)
     if lms.ndim != 3:
         raise ValueError(f"landmarks must be shaped (N, 19, 2), got {lms.shape}")
@@ -423,7 +733,9 @@ def results_to_frame(names, results: list[StageResult]):
                    c2_concave=r.concavity["C2"], c3_concave=r.concavity["C3"], c4_concave=r.concavity["C4"],
                    c3_shape=r.shapes["C3"], c4_shape=r.shapes["C4"])
         row.update(r.measurements)
-        row.update(failed_rule=r.failed_rule or "", rationale=r.rationale)
+        row.update(nearest_alternative=f"CS{r.nearest_alternative}" if r.nearest_alternative else "",
+                   derived=r.derived or "", config=r.config_name,
+                   failed_rule=r.failed_rule or "", rationale=r.rationale)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -449,30 +761,56 @@ def format_table(names, results: list[StageResult]) -> str:
 
 
 def stage_command(args) -> int:
-    """``cvs stage --csv CSV [--spacing MM] --out FILE``: stage every row, write a CSV, print a table."""
-    from pathlib import Path
-
+    """``cvs stage --csv CSV [--spacing MM] [--config NAME|JSON] [--truth-column COL] --out FILE``:
+    stage every row (13-landmark rows allowed), write a CSV, print a table; with a truth column
+    also print and write the agreement with it (``{out}_agreement.json``, ``_confusion.html``,
+    ``_confusion.png``)."""
     from cvs_core.annotations import read_annotations
 
     spacing = getattr(args, "spacing", None)
-    annotations = read_annotations(args.csv)  # validates the study format; raises listing problems
+    cfg = load_config(getattr(args, "config", None))
+    # validates the study format; raises listing every problem by row and column
+    annotations = read_annotations(args.csv, optional_landmarks=DERIVED_FROM_CORNERS)
     names, lms = list(annotations.names), annotations.landmarks
-    results = stage_many(lms, spacing)
+    truth_column = getattr(args, "truth_column", None)
+    truth = None
+    if truth_column:
+        from cvs_core.calibration import truth_stages
+
+        truth = truth_stages(annotations.extra, truth_column, str(args.csv))
+    results = stage_many(lms, spacing, cfg)
     frame = results_to_frame(names, results)
+    if truth is not None:
+        frame.insert(3, "truth", [f"CS{t}" for t in truth])
     out = Path(args.out)
     if out.parent and not out.parent.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False)
 
-    cfg = StagingConfig()
     print(f"CVM stages for {len(names)} landmark sets from {args.csv}"
           + (f" (spacing {spacing:g} mm/px)" if spacing is not None else ""))
-    print(f"concavity = depth/chord (concave ≥ {cfg.concavity_ratio:g}); body H/W square "
-          f"{cfg.square_low:g}–{cfg.square_high:g}; trapezoid AH/PH < {cfg.trapezoid_ratio:g}")
+    print(cfg.thresholds_text())
+    n_derived = sum(1 for r in results if r.derived)
+    if n_derived and cfg.body_points != "corners":
+        print(f"{n_derived} set(s) lack landmarks 5, 7, 8, 13, 15, 16 (13-landmark scheme): "
+              "H and W of C3/C4 derived from the corners")
     print(format_table(names, results))
     counts = frame["label"].value_counts().sort_index()
     print("stages: " + ", ".join(f"{k} ×{v}" for k, v in counts.items())
           + f"; {int(frame['exact'].sum())}/{len(frame)} fit a table row exactly")
+    stored = expert_agreement(cfg)
+    if stored:
+        print(f"this config against experts: {stored['summary']}")
+    if truth is not None:
+        from cvs_core.calibration import agreement, format_agreement, write_agreement_report
+
+        rep = agreement(truth, np.array([r.stage for r in results]),
+                        f"{cfg.name} staging vs column {truth_column}")
+        print(format_agreement(rep))
+        prefix = out.with_suffix("")
+        paths = write_agreement_report(rep, prefix.with_name(prefix.name + "_agreement"),
+                                       f"{cfg.name} staging vs {truth_column}")
+        print("wrote " + ", ".join(str(p) for p in paths))
     print(CAVEAT)
     print(f"wrote {out}")
     return 0

@@ -123,7 +123,7 @@ STAGE_PARAMETER_RANGES = {
     "trapezoid_hw": (0.50, 0.80),
     "rect_ahph": (0.93, 1.04),      # AH/PH of every non-trapezoid body
     "horizontal_hw": (0.62, 0.84),
-    "square_hw": (0.95, 1.05),
+    "square_hw": (0.96, 1.00),      # also square for the calibrated staging (H/W 0.89–0.98 from the corners)
     "vertical_hw": (1.16, 1.32),
 }
 
