@@ -13,8 +13,8 @@
   assigned by geometry, not by their order in the polygon: along the posterior→anterior direction
   (``facing``: the side the patient faces, "right" = anterior at larger x) the ends of the C2 border
   are the extreme points and its middle point the remaining one; for C3/C4 the two points highest in
-  the image (smallest y after levelling by the vertebra's tilt) are the superior corners, the other
-  three the inferior border. ``point`` shapes labelled with our landmark names ("C3sp") or numbers
+  the image (after levelling by the tilt of the C2 border, when there is one) are the superior
+  corners, the other three the inferior border, each ordered posterior → anterior. ``point`` shapes labelled with our landmark names ("C3sp") or numbers
   ("9") are read as they are. Missing landmarks stay empty (→ the 13-landmark scheme).
 
 Every reader returns ``(names, landmarks (N, 19, 2) float64 with NaN where absent, extra
@@ -111,29 +111,36 @@ def _vertebra_of(shape: dict) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _assign(points: np.ndarray, vertebra: int, sign: float, where: str) -> dict[int, np.ndarray]:
-    """Polygon points of one vertebra → {1-based landmark: (x, y)} by geometry (module notes)."""
+def _assign(points: np.ndarray, vertebra: int, sign: float, where: str, tilt: float = 0.0) -> dict[int, np.ndarray]:
+    """Polygon points of one vertebra → {1-based landmark: (x, y)} by geometry (module notes).
+    tilt : the column's tilt in radians (angle of the C2 border, posterior → anterior), 0 if unknown."""
+    c, s = np.cos(tilt), np.sin(tilt)
+    # coordinates in the levelled frame: u along the column's posterior→anterior axis, v downwards
+    d = points - points.mean(axis=0)
+    u = sign * d[:, 0] * c + d[:, 1] * s * 1.0
+    v = -sign * d[:, 0] * s + d[:, 1] * c
     if vertebra == 2:
         if len(points) != 3:
             raise FormatError(f"{where}: the C2 polygon needs 3 points (inferior border), has {len(points)}")
-        order = np.argsort(sign * points[:, 0], kind="stable")
-        return {1: points[order[0]], 3: points[order[2]], 2: points[order[1]]}
+        order = np.argsort(u, kind="stable")
+        return {1: points[order[0]], 2: points[order[1]], 3: points[order[2]]}
     if len(points) != 5:
         raise FormatError(f"{where}: the C{vertebra} polygon needs 5 points (2 superior corners, 3 inferior "
                           f"border points), has {len(points)}")
-    # level the vertebra: rotate so the line through the two extreme points (along x) is horizontal
-    along = sign * points[:, 0]
-    p, a = points[np.argmin(along)], points[np.argmax(along)]
-    ang = np.arctan2(a[1] - p[1], (a[0] - p[0]) * sign)
-    c, s = np.cos(-ang), np.sin(-ang)
-    local_y = s * (points[:, 0] - p[0]) * sign + c * (points[:, 1] - p[1])
-    top = np.argsort(local_y, kind="stable")[:2]
+    top = list(np.argsort(v, kind="stable")[:2])
     bottom = [i for i in range(5) if i not in top]
-    sup = sorted(top, key=lambda i: along[i])
-    inf = sorted(bottom, key=lambda i: along[i])
+    sup = sorted(top, key=lambda i: u[i])
+    inf = sorted(bottom, key=lambda i: u[i])
     base = 4 if vertebra == 3 else 12
     return {base: points[sup[0]], base + 2: points[sup[1]],
             base + 5: points[inf[0]], base + 6: points[inf[1]], base + 7: points[inf[2]]}
+
+
+def _tilt(points: np.ndarray, sign: float) -> float:
+    """Angle (radians) of the posterior→anterior chord of a C2 border in the facing-adjusted frame."""
+    along = sign * points[:, 0]
+    p, a = points[np.argmin(along)], points[np.argmax(along)]
+    return float(np.arctan2(a[1] - p[1], sign * (a[0] - p[0])))
 
 
 def read_labelme_json(path, facing: str = "right") -> np.ndarray:
@@ -179,8 +186,12 @@ def read_labelme_json(path, facing: str = "right") -> np.ndarray:
                 named[i] = rank + 2
         if len(set(named)) != len(named):
             raise FormatError(f"{path}: more than one polygon for the same vertebra ({sorted(named)})")
+        tilt = 0.0
+        for vertebra, (_, _, pts, _) in zip(named, polygons):
+            if vertebra == 2 and len(pts) == 3:
+                tilt = _tilt(pts, sign)
         for vertebra, (_, _, pts, where) in zip(named, polygons):
-            for number, xy in _assign(pts, vertebra, sign, where).items():
+            for number, xy in _assign(pts, vertebra, sign, where, tilt).items():
                 lm[number - 1] = xy
     if np.isnan(lm).all():
         raise FormatError(f"{path}: no vertebra polygons or landmark points found")

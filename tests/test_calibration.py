@@ -345,3 +345,27 @@ def test_phantom_agreement_with_the_shipped_default():
     per_stage = {s: float(np.mean(got[wanted == s] == s)) for s in range(1, 7)}
     print(f"\nphantom agreement with the shipped default {np.mean(got == wanted):.1%}; per stage {per_stage}")
     assert np.mean(got == wanted) >= 0.95 and min(per_stage.values()) >= 0.9
+
+
+def test_cli_evaluate_on_13_landmark_labels(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """`cvs evaluate` accepts 13-landmark labels: scored on the 13 labelled landmarks, staged too."""
+    from cvs_core import evaluate as ev
+    from cvs_core.cli import main
+
+    monkeypatch.setenv("CVS_HOME", str(tmp_path / "home"))
+    ds = ev.phantom_dataset(4, seed=11, cache_dir=tmp_path / "ph")
+    lms = ds.landmarks.copy()
+    lms[:, [k - 1 for k in SCHEME_13_ABSENT]] = np.nan
+    csv = write_annotations((ds.names, lms, pd.DataFrame({"cs_stage": ds.stages})), tmp_path / "labels13.csv")
+    out = tmp_path / "report"
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--csv", str(csv), "--images",
+                 str(ds.image_paths[0].parent), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    s = next(iter(summary.values()))
+    assert s["landmarks_scored"] == list(staging.SCHEME_13) and s["n_images"] == 4
+    assert s["stage_agreement"]["n_staged"] == 4 and s["stage_agreement"]["n_labelled"] == 4
+    per_lm = pd.read_csv(out / "per_landmark.csv")
+    absent = per_lm["landmark"].isin(SCHEME_13_ABSENT)
+    assert per_lm.loc[absent, "mre_px"].isna().all() and per_lm.loc[~absent, "mre_px"].notna().all()
+    per_img = pd.read_csv(out / "per_image.csv")
+    assert (per_img["n_missing"] == 0).all() and per_img["mre_px"].notna().all()
