@@ -74,6 +74,7 @@ Never use this module to label phantoms: a phantom's stage is the stage it was g
 """
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import math
@@ -312,7 +313,7 @@ def load_config(config=None) -> StagingConfig:
     text = str(config)
     if text in SHIPPED:
         try:
-            return StagingConfig.from_dict(_load_shipped(SHIPPED[text]))
+            return StagingConfig.from_dict(copy.deepcopy(_load_shipped(SHIPPED[text])))
         except FileNotFoundError:
             if text == "textbook":
                 return StagingConfig()
@@ -401,6 +402,25 @@ class StageResult:
     def to_dict(self) -> dict:
         """JSON-serialisable dict."""
         return asdict(self)
+
+
+def agreement_text(result: "StageResult") -> str | None:
+    """One line for showing next to a stage: how often experts agreed when this staging said this
+    stage (as measured for the config, cross-validated for fitted ones; the whole table is
+    :func:`expert_agreement`), plus the nearest alternative when the call is borderline or fits no
+    row. None when there is nothing to say. Example: "When the calibrated staging says CS4, experts
+    said CS4 in 50 % of cases (within one stage 97 %, n=166). Borderline: CS3 is the nearest
+    alternative."
+    """
+    a = result.expert_agreement
+    alt = ""
+    if result.nearest_alternative:
+        why = "Borderline" if result.confidence_level == "borderline" else "No table row fits"
+        alt = f" {why}: CS{result.nearest_alternative} is the nearest alternative."
+    if not a or a.get("exact") is None:
+        return alt.strip() or None
+    return (f"When the {result.config_name} staging says {result.label}, experts said {result.label} in "
+            f"{a['exact']:.0%} of cases (within one stage {a['within_one']:.0%}, n={a['n_called']})." + alt)
 
 
 # ----------------------------------------------------------------------------- geometry

@@ -333,6 +333,11 @@ def test_stage_result_carries_agreement_and_nearest_alternative():
     assert clear.stage == 4 and clear.confidence_level == "high" and clear.nearest_alternative is None
     d = r.to_dict()
     assert d["nearest_alternative"] == 3 and d["expert_agreement"]["n_called"] > 0
+    text = staging.agreement_text(r)
+    a = default.agreement["per_stage"]["CS4"]
+    assert text.startswith(f"When the calibrated staging says CS4, experts said CS4 in {a['exact']:.0%}")
+    assert text.endswith("Borderline: CS3 is the nearest alternative.")
+    assert staging.agreement_text(staging.stage_landmarks(lm, config=StagingConfig(name="fresh"))) is None
 
 
 def test_phantom_agreement_with_the_shipped_default():
