@@ -769,6 +769,8 @@ def format_table(names, results: list[StageResult]) -> str:
     for name, r in zip(names, results):
         m = r.measurements
         fit = "exact" if r.exact and r.confidence_level == "high" else ("borderline" if r.exact else "nearest")
+        if r.probabilities:  # learned method: the model's probability of the stage it chose
+            fit = f"p {r.probabilities[r.label]:.2f}"
 
         def body(v):
             return f"{SHORT[r.shapes[v]]} ({m[f'{v.lower()}_h_w']:.2f}, {m[f'{v.lower()}_ah_ph']:.2f})"
