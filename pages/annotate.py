@@ -191,17 +191,14 @@ if ss.get(pick_key) != current:  # follow Next / Accept / Skip (set before the w
 
 
 def _on_pick():
-    _go(store, ss[pick_key])
+    if ss.get(pick_key) in store.image_names():
+        _go(store, ss[pick_key])
 
 
-def _label(n: str) -> str:
-    rec = store.record(n)
-    conf = f" · conf {rec.confidence:.2f}" if rec.status == "predicted" and np.isfinite(rec.confidence) else ""
-    return f"{STATUS_ICON.get(rec.status, '·')} {n}{conf}"
-
-
+# Option labels must not change when an image's status changes (the browser sends the label back),
+# so the status is shown in the caption under the image, not in the list.
 nav1, nav2, nav3, nav4, nav5 = st.columns([2.2, 1, 1, 1, 1], vertical_alignment="bottom")
-nav1.selectbox("Image", images, key=pick_key, format_func=_label, on_change=_on_pick)
+nav1.selectbox("Image", images, key=pick_key, on_change=_on_pick)
 if nav2.button("Next (least confident)", key="ann_next", icon=":material/skip_next:", width="stretch",
                help="Images not yet checked, least confident prediction first."):
     nxt = store.next_image(exclude=current)
@@ -243,7 +240,8 @@ with left:
                              can_undo=store.undo_depth(current) > 0, height_px=620)
     if _apply(store, current, result, who):
         st.rerun()
-    st.caption(f"{current} · {image.shape[1]}×{image.shape[0]} px · status **{rec.status or 'no landmarks'}**"
+    st.caption(f"{current} · {image.shape[1]}×{image.shape[0]} px · status "
+               f"{STATUS_ICON.get(rec.status, '·')} **{rec.status or 'no landmarks'}**"
                + (f" by {rec.who} at {rec.when}" if rec.who else "")
                + (f" · prediction confidence {rec.confidence:.2f}" if np.isfinite(rec.confidence) else ""))
     with st.expander("Type a position instead (keyboard)", icon=":material/keyboard:"):

@@ -242,6 +242,7 @@ export default function (component) {
   }
   ensurePoints(s);
   s.undo.style.display = s.data.mode === "rect" ? "none" : "";
+  s.zoom.style.display = s.data.mode === "rect" ? "none" : "";
   s.nums.style.display = s.data.mode === "rect" ? "none" : "";
   s.undo.disabled = !s.data.can_undo;
   layout(s);
