@@ -95,3 +95,36 @@ def test_page_corrects_restages_and_resumes(home):
     assert at2.session_state["ann_cur::samples"] == pos
     labels = [b.label for b in at2.get("download_button")]
     assert "labels.csv" in labels
+
+
+@pytest.mark.slow
+def test_finetune_button_registers_a_model_listed_for_compare(home):
+    """The page's button on 2 corrected images (1 epoch): the run finishes, the page registers its
+    model, and the registry (which Compare's model list reads) lists it."""
+    import time
+
+    from cvs_core import runs
+    from cvs_core.annotation_store import AnnotationStore
+    from cvs_core.registry import list_models
+
+    at = _app()
+    at.button(key="ann_samples").click().run()
+    store = AnnotationStore.open("samples")
+    for n in store.image_names()[:2]:
+        store.accept(n, who="test")
+    at.number_input(key="ann_ft_epochs").set_value(1)
+    at.text_input(key="ann_ft_name").input("samples_ft_page")
+    at.run()
+    at.button(key="ann_ft_start").click().run()
+    assert not at.exception, at.exception
+    store.reload()
+    run_id = store.finetune_runs()[-1]["run"]
+    deadline = time.time() + 600
+    while time.time() < deadline and runs.run_info(run_id)["status"] in runs.ACTIVE:
+        time.sleep(1.0)
+    assert runs.run_info(run_id)["status"] == "succeeded", runs.log_tail(run_id)
+    at.run()
+    assert any("registered as **samples_ft_page**" in c.value for c in at.caption), [c.value for c in at.caption]
+    assert "samples_ft_page" in [m.name for m in list_models()]
+    at.run()
+    assert "samples_ft_page" in at.selectbox(key="ann_model").options  # the app's model lists include it
