@@ -613,8 +613,11 @@ def finetune_config(store: AnnotationStore, settings: FinetuneSettings = Finetun
                                    f"here (trainable: {', '.join(ARCHITECTURES)})")
     csv = store.corrected_snapshot()
     pre = dict(manifest["preprocess"])
-    if store.roi != "none":
+    if store.roi != "none":  # full cephalograms: the model crops the ROI itself, as the Predictor does
+        from cvs_core.preprocess import SEED_ROI_SCALE
+
         pre["roi"] = store.roi
+        pre["roi_scale"] = SEED_ROI_SCALE if store.roi == "seed" else 1.0
     kwargs = {k: v for k, v in (manifest.get("builder_kwargs") or {}).items() if k != "imagenet"}
     sigma = float((manifest.get("codec") or {}).get("sigma", 2.0))
     return TrainConfig(model=arch, preset="improved", epochs=int(settings.epochs), lr=float(settings.lr),

@@ -252,6 +252,14 @@ def test_finetune_config_reuses_the_base_models_settings(store):
     assert cfg.epochs == 2 and cfg.name == "mine" and cfg.images == str(store.images_dir)
     snap = read_annotations(cfg.csv, image_dir=cfg.images)
     assert snap.names == ["LC (1).jpg"] and list(snap.extra["status"]) == ["corrected"]
+    assert cfg.preprocess["roi"] == "none"
+    # a dataset of full cephalograms trains with the study crop, as predictions on it were made
+    full = AnnotationStore.create("full", roi="seed")
+    full.add_image("LC (1).jpg", (ROOT / "data" / "samples" / "original" / "LC (1).jpg").read_bytes())
+    full.set_prediction("LC (1).jpg", shape() * 2 + (0, 800), 0.5)
+    full.accept("LC (1).jpg")
+    cfg = astore.finetune_config(full)
+    assert cfg.preprocess["roi"] == "seed" and cfg.preprocess["roi_scale"] == 0.5
 
 
 @pytest.mark.slow
