@@ -42,6 +42,11 @@ class MaskCodec:
     def _roi_to_input(self) -> np.ndarray:
         return resize_affine(self.roi_size, self.input_size)
 
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of one raw model output: ``(h, w, 1)``."""
+        return (*self.input_size, 1)
+
     def encode(self, landmarks: np.ndarray) -> np.ndarray:
         """``(19, 2)`` model-input px → mask ``(h, w, 1)`` float32 in [0, 1]."""
         roi_pts = apply_affine(invert_affine(self._roi_to_input()), landmarks)
@@ -228,6 +233,11 @@ class HeatmapCodec:
     @property
     def output_size(self) -> tuple[int, int]:
         return (self.input_size[0] // self.stride, self.input_size[1] // self.stride)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of one raw model output: ``(h', w', 19)``."""
+        return (*self.output_size, N_LANDMARKS)
 
     def _to_grid(self, landmarks: np.ndarray) -> np.ndarray:
         return (np.asarray(landmarks, np.float64) + 0.5) / self.stride - 0.5
@@ -442,6 +452,11 @@ class RegressionCodec:
 
     def _scale(self) -> np.ndarray:
         return np.array([self.input_size[1], self.input_size[0]], np.float64)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of one raw model output: ``(38,)``."""
+        return (2 * N_LANDMARKS,)
 
     def encode(self, landmarks: np.ndarray) -> np.ndarray:
         pts = np.asarray(landmarks, np.float64)

@@ -79,7 +79,7 @@ def load_packed_weights(folder: Path, packed: dict) -> list[np.ndarray]:
 
 def unpack_model_folder(folder: Path) -> Path:
     """Rebuild ``model.keras`` of a packed model folder from its manifest and shards."""
-    from cvs_core.networks import build_model
+    from cvs_core.architectures import get_arch
     from cvs_core.registry import LOCAL_MANIFEST, WEIGHTS, read_manifest, sha256_file
 
     folder = Path(folder)
@@ -87,9 +87,10 @@ def unpack_model_folder(folder: Path) -> Path:
     kwargs = dict(manifest.get("builder_kwargs", {}))
     if "input_size" in kwargs:
         kwargs["input_size"] = tuple(kwargs["input_size"])
-    if manifest["architecture"].startswith("inception"):
+    spec = get_arch(manifest["architecture"])
+    if spec.pretrained_backbone:
         kwargs["imagenet"] = False  # weights come from the shards
-    model = build_model(manifest["architecture"], **kwargs)
+    model = spec.build(**kwargs)
     model.set_weights(load_packed_weights(folder, manifest["packed_weights"]))
     tmp = folder / (WEIGHTS + ".tmp.keras")
     model.save(tmp)

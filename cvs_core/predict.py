@@ -115,7 +115,10 @@ class Predictor:
 
     @property
     def family(self) -> str:
-        return "unet" if self.codec.kind in ("mask", "heatmap") else "inception"
+        """``"unet"`` or ``"inception"`` (``cvs_core.architectures.family_of`` the manifest)."""
+        from cvs_core.architectures import family_of
+
+        return family_of(self.manifest)
 
     def _compile(self):
         import keras
