@@ -106,6 +106,14 @@ def test_cache_key_changes_with_images(predictor, dataset):
     assert key != ev.cache_key(predictor, other)
 
 
+def test_cache_key_changes_with_codec_tuning(predictor, dataset, monkeypatch):
+    import dataclasses
+
+    key = ev.cache_key(predictor, dataset)
+    monkeypatch.setattr(predictor, "codec", dataclasses.replace(predictor.codec, prior_gate=2.0))
+    assert ev.cache_key(predictor, dataset) != key
+
+
 def test_score_keys_and_tables(dataset):
     rng = np.random.default_rng(0)
     pred = dataset.landmarks + rng.normal(0, 2.0, dataset.landmarks.shape)
