@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,11 +55,21 @@ def read_json(path: Path) -> dict:
         return {}
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file so readers (other threads or processes) never see a partial one: write a
+    temporary file next to it, then rename it over the target (atomic on POSIX and Windows)."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON so readers in other processes never see a partial file."""
-    tmp = Path(path).with_name(Path(path).name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    """Write JSON atomically (:func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(data, indent=2))
 
 
 def to_jsonable(obj, digits: int | None = None):
@@ -85,7 +96,8 @@ def to_jsonable(obj, digits: int | None = None):
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
-    (Path(folder) / MANIFEST).write_text(json.dumps(to_jsonable(manifest), indent=2) + "\n")
+    """Write ``manifest.json`` atomically, as strict JSON (:func:`to_jsonable`)."""
+    write_text_atomic(Path(folder) / MANIFEST, json.dumps(to_jsonable(manifest), indent=2) + "\n")
 
 
 def base_manifest(name: str, architecture: str, builder_kwargs: dict, preprocess, codec, **extra) -> dict:
