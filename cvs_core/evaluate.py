@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +34,7 @@ import pandas as pd
 from cvs_core import metrics
 from cvs_core.datasets import (REPO_ROOT, SAMPLES_DIR, Dataset, load_dataset,  # noqa: F401 (re-exported)
                                phantom_dataset, read_grey, samples_dataset)
+from cvs_core.fileio import atomic_path, json_float
 from cvs_core.landmarks import N_LANDMARKS, NAMES, ROI_SIZE
 from cvs_core.reports import (SDR_KEYS, Progress, format_summary, stderr_progress,  # noqa: F401 (re-exported)
                               summary_table, write_plots, write_report)
@@ -49,6 +48,10 @@ LEGACY_NOTE = ("LEGACY study metrics, reproduced only to compare with the study'
 
 
 # ----------------------------------------------------------------------------- predictions
+def _j6(v) -> float | None:
+    return json_float(v, 6)
+
+
 @dataclass
 class PredictionSet:
     """One model's landmarks on a dataset.
@@ -129,10 +132,9 @@ def _load_cached(path: Path, dataset: Dataset):
 
 def _save_cached(path: Path, names, pred, conf, ms) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
-    np.savez_compressed(tmp, names=np.asarray(names, dtype=str), pred=pred, confidence=conf,
-                        ms_per_image=np.float64(ms))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, names=np.asarray(names, dtype=str), pred=pred, confidence=conf,
+                            ms_per_image=np.float64(ms))
 
 
 def predict_dataset(predictor, dataset: Dataset, roi=None, batch_size: int = 8, cache_dir: Path | None = None,
@@ -225,11 +227,6 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.mean(a[ok] == b[ok])) if ok.any() else None
 
 
-def _jf(v):
-    v = float(v)
-    return round(v, 6) if math.isfinite(v) else None
-
-
 @dataclass
 class Score:
     """One model scored on a dataset.
@@ -275,8 +272,8 @@ def score(pset: PredictionSet, spacing_mm: float | None = None, threshold_mm: fl
     e = metrics.radial_errors(pred, true)
     summary = metrics.summarize(pred, true, spacing, pck_threshold_mm=threshold_mm)
     summary["legacy"] = {
-        "unet_pck": _jf(legacy_unet_pck_from_landmarks(pred, true)),
-        "inception_pck": _jf(metrics.legacy_inception_pck(pred, true)),
+        "unet_pck": _j6(legacy_unet_pck_from_landmarks(pred, true)),
+        "inception_pck": _j6(metrics.legacy_inception_pck(pred, true)),
         "unet_radius_px": 5, "unet_mask_size": 256, "inception_radius_px": 40,
         "note": LEGACY_NOTE,
     }
@@ -292,10 +289,10 @@ def score(pset: PredictionSet, spacing_mm: float | None = None, threshold_mm: fl
         agreement["true_landmarks_vs_label"] = _agreement(stage_from_true, stages)
         agreement["n_labelled"] = int(np.sum(stages > 0))
     summary["stage_agreement"] = agreement
-    summary["ms_per_image"] = _jf(pset.ms_per_image)
+    summary["ms_per_image"] = _j6(pset.ms_per_image)
     summary["model"] = pset.model
     summary["cached"] = bool(pset.cached)
-    summary["mean_confidence"] = _jf(np.nanmean(pset.confidence)) if np.isfinite(pset.confidence).any() else None
+    summary["mean_confidence"] = _j6(np.nanmean(pset.confidence)) if np.isfinite(pset.confidence).any() else None
 
     finite = np.where(np.isfinite(e), e, np.nan)
     with np.errstate(all="ignore"):

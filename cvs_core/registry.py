@@ -7,16 +7,16 @@ Shipped models live in ``<repo>/models/<name>/``; models a user trains or upload
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from cvs_core.fileio import (read_json, sha256_file, to_jsonable, write_json_atomic,  # noqa: F401 (re-exported)
+                             write_text_atomic)
 from cvs_core.landmarks import SCHEMA_VERSION
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -37,62 +37,6 @@ def user_models_dir() -> Path:
 
 class ModelError(ValueError):
     """A model folder or file that cannot be used, with the reason."""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_json(path: Path) -> dict:
-    """A JSON file as a dict; ``{}`` when it is missing or half-written."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file so readers (other threads or processes) never see a partial one: write a
-    temporary file next to it, then rename it over the target (atomic on POSIX and Windows)."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON atomically (:func:`write_text_atomic`)."""
-    write_text_atomic(path, json.dumps(data, indent=2))
-
-
-def to_jsonable(obj, digits: int | None = None):
-    """Nested dicts/lists/numpy values → strict JSON types: numpy scalars and arrays to Python,
-    paths to strings, NaN/inf to None; floats rounded to ``digits`` when given."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v, digits) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v, digits) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist(), digits)
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        if not np.isfinite(v):
-            return None
-        return round(v, digits) if digits is not None else v
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
@@ -197,7 +141,6 @@ def load_keras_model(folder: Path, verify: bool = True):
     weights = folder / WEIGHTS
     if not weights.is_file():
         if manifest.get("packed_weights"):
-            from cvs_core.packing import unpack_model_folder
             unpack_model_folder(folder)
         else:
             raise ModelError(f"{weights} is missing")
@@ -403,6 +346,21 @@ def _load_uploaded(path: Path, display: str, architecture: str, builder_kwargs: 
         raise ModelError(f"could not load {display} (safe mode): {exc}") from None
 
 
+def unpack_model_folder(folder: Path) -> Path:
+    """Rebuild ``model.keras`` of a packed model folder (int8 shards, ``cvs_core.packing``) from its
+    manifest; the file's sha256 goes to ``manifest.local.json`` (``model.keras`` embeds a save date,
+    so its hash differs per machine and cannot be in the manifest). Returns the ``model.keras`` path."""
+    from cvs_core.fileio import atomic_path
+    from cvs_core.packing import model_from_packed
+
+    folder = Path(folder)
+    model = model_from_packed(folder, read_manifest(folder))
+    with atomic_path(folder / WEIGHTS) as tmp:
+        model.save(tmp)
+    write_json_atomic(folder / LOCAL_MANIFEST, {"weights_sha256": sha256_file(folder / WEIGHTS)})
+    return folder / WEIGHTS
+
+
 def delete_model(name: str) -> None:
     """Delete a user model (shipped models cannot be deleted from the app)."""
     folder = user_models_dir() / name
@@ -422,7 +380,6 @@ def ensure_demo_models(verbose: bool = False) -> list[Path]:
             continue
         manifest = read_manifest(folder)
         if not (folder / WEIGHTS).is_file() and manifest.get("packed_weights"):
-            from cvs_core.packing import unpack_model_folder
             if verbose:
                 print(f"demo model {name}: unpacking packed weights …")
             unpack_model_folder(folder)

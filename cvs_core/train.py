@@ -21,6 +21,7 @@ import numpy as np
 from cvs_core import architectures
 from cvs_core.architectures import (PRESETS, get_arch, improved_inception_preprocess,  # noqa: F401 (re-exported)
                                     improved_unet_preprocess)
+from cvs_core.metrics import validation_mre
 from cvs_core.preprocess import PreprocessConfig, apply_affine, preprocess
 from cvs_core.registry import read_json, write_json_atomic
 
@@ -295,8 +296,9 @@ def _callbacks_module():
 
 
 class RunMonitor(_callbacks_module()):
-    """Per-epoch landmark error on the validation set (decoded, in ROI px), status.json, CSV
-    metrics, and a graceful stop on SIGTERM (cancel)."""
+    """Per-epoch landmark error on the validation set (decoded, in ROI px, misses counted as
+    100 px: ``metrics.validation_mre``), status.json, CSV metrics, and a graceful stop on SIGTERM
+    (cancel)."""
 
     def __init__(self, run_dir: Path, config: TrainConfig, codec, val, start_epoch: int, verbose: bool):
         super().__init__()
@@ -342,9 +344,8 @@ class RunMonitor(_callbacks_module()):
                 pred, _ = self.codec.decode(o)
                 true, _ = self.codec.decode(t)
                 errors.append(np.linalg.norm(apply_affine(to_roi, pred) - apply_affine(to_roi, true), axis=1))
-        e = np.concatenate(errors)
-        e[~np.isfinite(e)] = 100.0  # a missed landmark counts as a large error, never dropped
-        return float(e.mean())
+        # a missed landmark counts as a large error (metrics.MISS_PENALTY_PX), never dropped
+        return validation_mre(np.concatenate(errors))
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}

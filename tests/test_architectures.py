@@ -39,7 +39,8 @@ def test_a_new_architecture_is_one_entry(tmp_path, monkeypatch):
     """Register a toy architecture in the table only, then train one tiny step, save, reload,
     predict, pack/unpack and look up its family: nothing else needs to know about it."""
     from cvs_core import registry
-    from cvs_core.packing import pack_weights, unpack_model_folder
+    from cvs_core.packing import pack_weights
+    from cvs_core.registry import unpack_model_folder
     from cvs_core.predict import Predictor
     from cvs_core.synth import render_phantom
     from cvs_core.train import TrainConfig, preset_defaults, train

@@ -9,7 +9,8 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from cvs_core import registry  # noqa: E402
-from cvs_core.packing import dequantize, pack_weights, quantize, unpack_model_folder  # noqa: E402
+from cvs_core.packing import dequantize, pack_weights, quantize  # noqa: E402
+from cvs_core.registry import unpack_model_folder  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
