@@ -174,7 +174,7 @@ def assign_to_slots(reference: np.ndarray, points: np.ndarray, iterations: int =
     return rows[keep], cols[keep]
 
 
-# Vertebra groups of the 19 landmarks (0-based): C2 inferior border, C3, C4 (DESIGN §3).
+# Vertebra groups of the 19 landmarks (0-based): C2 inferior border, C3, C4 (docs/architecture.md#the-19-landmarks).
 _GROUPS = np.array([0] * 3 + [1] * 8 + [2] * 8)
 
 

@@ -1,4 +1,4 @@
-"""Landmark and mask metrics as plain functions on arrays (DESIGN §5).
+"""Landmark and mask metrics as plain functions on arrays (docs/architecture.md#metrics).
 
 Conventions
 -----------
@@ -404,7 +404,7 @@ def _blob_centroids(mask: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def legacy_unet_pck(pred_masks, true_masks, threshold: float = 0.5, radius: float = 5) -> float:
-    """LEGACY — the study's U-Net "PCK", reproduced only to compare with its table (DESIGN §5a).
+    """LEGACY — the study's U-Net "PCK", reproduced only to compare with its table (docs/architecture.md#metrics).
 
     For each image, both masks are thresholded (``> threshold``) and split into connected
     components (``cv2.connectedComponentsWithStats``, 8-connectivity); a *predicted* blob counts as
@@ -434,7 +434,7 @@ def legacy_unet_pck(pred_masks, true_masks, threshold: float = 0.5, radius: floa
 
 
 def legacy_inception_pck(pred, true, radius_px: float = 40) -> float:
-    """LEGACY — the study's InceptionResNetV2 PCK (DESIGN §5b), reproduced only for comparison.
+    """LEGACY — the study's InceptionResNetV2 PCK (docs/architecture.md#metrics), reproduced only for comparison.
 
     Share of same-index landmark distances strictly < ``radius_px`` (40 ROI px ≈ 10 mm at the
     nominal 0.25 mm/px). pred, true : (N, K, 2) or (K, 2) ROI pixels; a missing prediction fails.

@@ -1,4 +1,4 @@
-"""Model folders: ``model.keras`` + ``manifest.json`` (DESIGN §4), shipped and user models,
+"""Model folders: ``model.keras`` + ``manifest.json`` (docs/architecture.md#model-folders), shipped and user models,
 and loading of the study's legacy ``.h5`` files.
 
 Shipped models live in ``<repo>/models/<name>/``; models a user trains or uploads go to
@@ -45,7 +45,7 @@ def write_manifest(folder: Path, manifest: dict) -> None:
 
 
 def base_manifest(name: str, architecture: str, builder_kwargs: dict, preprocess, codec, **extra) -> dict:
-    """Manifest fields every model folder has (DESIGN §4)."""
+    """Manifest fields every model folder has (docs/architecture.md#model-folders)."""
     import keras
 
     return {

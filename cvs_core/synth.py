@@ -1,4 +1,5 @@
-"""Synthetic lateral cervical-spine phantoms with exact landmarks and a known CS stage (DESIGN §7).
+"""Synthetic lateral cervical-spine phantoms with exact landmarks and a known CS stage
+(docs/architecture.md#phantoms).
 
 Only two labelled real ROI images are public, so models train on phantoms rendered here and must
 then work on real 250×600 ROI crops. A phantom is
@@ -7,7 +8,8 @@ then work on real 250×600 ROI crops. A phantom is
   Procrustes alignment, ``cvs_core.shape_model``) fitted to the 15 real configurations of
   ``data/samples/*.csv``, followed by a *stage-driven* rebuild of each
   vertebra in its own frame (concavity depth/chord of the inferior borders of C2, C3, C4; H/W and
-  AH/PH of the C3 and C4 bodies) with a safety margin from every DESIGN §6 threshold;
+  AH/PH of the C3 and C4 bodies) with a safety margin from every staging threshold
+  (docs/architecture.md#cvm-staging);
 * an image rendered around those landmarks: C2 (with the dens), C3–C6 bodies whose outlines pass
   exactly through the landmarks, cortical rims, trabecular texture, discs, posterior elements, the
   soft-tissue gradient, the dark airway in front, skull base / ear rod / C1 / mandible at the top,
@@ -53,7 +55,7 @@ MEAN_SHAPE, SHAPE_MODES, SHAPE_SD = SHAPE_MODEL.mean, SHAPE_MODEL.modes, SHAPE_M
 _REAL_SIZES = SHAPE_MODEL.sizes
 
 # --------------------------------------------------------------------------------------------
-# Stage → shape parameters (DESIGN §6 thresholds: concave depth/chord ≥ 0.07; square 0.9–1.1;
+# Stage → shape parameters (staging thresholds, docs/architecture.md#cvm-staging: concave depth/chord ≥ 0.07; square 0.9–1.1;
 # trapezoid AH/PH < 0.85). Every range keeps a margin from the thresholds.
 # --------------------------------------------------------------------------------------------
 STAGE_PARAMETER_RANGES = {
@@ -211,8 +213,8 @@ def sample_landmarks(rng: np.random.Generator, stage: int) -> np.ndarray:
     """Sample one landmark configuration for a CS stage (1..6).
 
     Shape model (PCA of the Procrustes-aligned real configurations, ±8° rotation, scale and
-    position in the real range) + stage-driven rebuild of C2/C3/C4 so that the DESIGN §6
-    measurements fall inside :data:`STAGE_PARAMETER_RANGES`.
+    position in the real range) + stage-driven rebuild of C2/C3/C4 so that the staging measurements
+    (docs/architecture.md#cvm-staging) fall inside :data:`STAGE_PARAMETER_RANGES`.
 
     Returns ``(19, 2)`` float64 ``(x, y)`` ROI pixels (pixel-centre convention)."""
     if stage not in _STAGE_CONCAVITY:

@@ -1,4 +1,4 @@
-"""Tests for cvs_core.metrics, with a hand-computed cross-check (DESIGN §5)."""
+"""Tests for cvs_core.metrics, with a hand-computed cross-check (docs/architecture.md#metrics)."""
 from __future__ import annotations
 
 import json

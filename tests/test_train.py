@@ -37,6 +37,7 @@ def test_two_epochs_lower_the_loss_and_export_a_model(tmp_path):
     assert (tmp_path / "checkpoints" / "best.keras").is_file()
 
 
+@pytest.mark.slow  # ~30 s on 2 busy cores
 def test_resume_continues_after_the_last_epoch(tmp_path):
     train(TrainConfig(epochs=1, **TINY), tmp_path, verbose=False)
     train(TrainConfig(epochs=2, **TINY), tmp_path, resume=True, verbose=False)
@@ -45,6 +46,7 @@ def test_resume_continues_after_the_last_epoch(tmp_path):
     assert state["epoch"] == 2
 
 
+@pytest.mark.slow  # ~30 s on 2 busy cores
 def test_cli_train_on_bundled_samples(tmp_path, repo_root):
     config = TrainConfig(epochs=1, csv=str(repo_root / "data/samples/train_data.csv"),
                          images=str(repo_root / "data/samples/roi"), repeat_csv=2,
