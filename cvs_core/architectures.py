@@ -163,29 +163,29 @@ class ArchSpec:
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
-    "unet_heatmap": ArchSpec(
-        name="unet_heatmap", family="unet", builder="cvs_core.networks:build_unet_heatmap",
-        codec=heatmap_codec, loss=heatmap_loss,
-        presets=_presets(_UNET_SEED, _UNET_IMPROVED, unet_seed_config(), improved_unet_preprocess(), "improved"),
-        help="U-Net with 19 Gaussian heatmaps (improved; keeps landmark identity)"),
     "unet_seed": ArchSpec(
         name="unet_seed", family="unet", builder="cvs_core.networks:build_unet_seed",
         codec=mask_codec, loss=dice_loss,
         presets=_presets(_UNET_SEED, _UNET_IMPROVED, unet_seed_config(), improved_unet_preprocess(), "seed"),
         help="the study's U-Net: one mask channel, Dice loss"),
-    "inception_gap": ArchSpec(
-        name="inception_gap", family="inception", builder="cvs_core.networks:build_inception_gap",
-        codec=normalised_regression_codec, loss=regression_loss,
-        presets=_presets(_INCEPTION_SEED, _INCEPTION_IMPROVED, inception_seed_config(),
-                         improved_inception_preprocess(), "improved"),
-        help="InceptionResNetV2 + global pooling, normalised coordinates (improved)",
-        pretrained_backbone=True, packed_weights=True),
+    "unet_heatmap": ArchSpec(
+        name="unet_heatmap", family="unet", builder="cvs_core.networks:build_unet_heatmap",
+        codec=heatmap_codec, loss=heatmap_loss,
+        presets=_presets(_UNET_SEED, _UNET_IMPROVED, unet_seed_config(), improved_unet_preprocess(), "improved"),
+        help="U-Net with 19 Gaussian heatmaps (improved; keeps landmark identity)"),
     "inception_seed": ArchSpec(
         name="inception_seed", family="inception", builder="cvs_core.networks:build_inception_seed",
         codec=raw_regression_codec, loss=regression_loss,
         presets=_presets(_INCEPTION_SEED, _INCEPTION_IMPROVED, inception_seed_config(),
                          improved_inception_preprocess(), "seed"),
         help="the study's InceptionResNetV2: frozen backbone, Flatten head, raw pixel targets (215 M params)",
+        pretrained_backbone=True, packed_weights=True),
+    "inception_gap": ArchSpec(
+        name="inception_gap", family="inception", builder="cvs_core.networks:build_inception_gap",
+        codec=normalised_regression_codec, loss=regression_loss,
+        presets=_presets(_INCEPTION_SEED, _INCEPTION_IMPROVED, inception_seed_config(),
+                         improved_inception_preprocess(), "improved"),
+        help="InceptionResNetV2 + global pooling, normalised coordinates (improved)",
         pretrained_backbone=True, packed_weights=True),
 }
 
