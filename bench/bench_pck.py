@@ -1,4 +1,4 @@
-"""PCK re-scoring benchmark (DESIGN §8: 1,000 images × 19 landmarks × 2 models, target ≤ 5 ms).
+"""PCK re-scoring benchmark (docs/architecture.md#targets: 1,000 images × 19 landmarks × 2 models, target ≤ 5 ms).
 
 Scenario: the errors of two models on 1,000 images are known; the user moves the threshold slider
 and every score has to be recomputed at the new threshold.

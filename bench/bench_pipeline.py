@@ -1,4 +1,4 @@
-"""End-to-end evaluation throughput and memory (DESIGN §8).
+"""End-to-end evaluation throughput and memory (docs/architecture.md#targets).
 
 Target: against a study-style pipeline (per-image Python loop, per-image ``model.predict``) on the
 same machine, ≥ 3× end-to-end throughput; dataset evaluation streams from disk with peak memory

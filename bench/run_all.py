@@ -1,4 +1,4 @@
-"""Run the benchmarks and print one summary table of the DESIGN §8 ratios.
+"""Run the benchmarks and print one summary table of the docs/architecture.md#targets ratios.
 
 ``.venv/bin/python bench/run_all.py [--n 64] [--model DIR] [--no-memory]``
 - bench_pck.run(): PCK re-scoring, 1,000 images × 19 × 2 models (≤ 5 ms, ≥ 100× vs a Python loop);

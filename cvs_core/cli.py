@@ -34,14 +34,10 @@ def cmd_predict(args) -> int:
     predictor = Predictor.load(args.model)
     image = read_image(args.image)
     result = predictor.predict(image.pixels, roi=args.roi)
-    payload = result.to_json_dict()
     if args.json:
-        print(json.dumps(payload))
+        print(json.dumps(result.to_json_dict()))
     else:
-        from cvs_core.landmarks import NAMES
-        print(f"model {payload['model']}  ({payload['ms']:.1f} ms)")
-        for name, (x, y), c in zip(NAMES, payload["landmarks"], payload["confidence"]):
-            print(f"{name:6s} x={x:8.2f} y={y:8.2f} conf={c:.3f}")
+        print(result.to_text())
     return 0
 
 

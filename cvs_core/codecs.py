@@ -9,8 +9,8 @@ confidence 0: see :meth:`HeatmapCodec.decode_shape_prior`).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from functools import lru_cache
+from dataclasses import asdict, dataclass, fields
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -18,6 +18,33 @@ from scipy.optimize import linear_sum_assignment
 
 from cvs_core.landmarks import MEAN_SHAPE_ROI, N_LANDMARKS, ROI_SIZE
 from cvs_core.preprocess import apply_affine, invert_affine, resize_affine
+from cvs_core.shape_model import shape_basis, similarity_fit, similarity_matrix
+
+
+class Codec(Protocol):
+    """What training and inference need from a codec (``MaskCodec``, ``HeatmapCodec``,
+    ``RegressionCodec``). All coordinates are model-input pixels ``(x, y)``, pixel-centre convention.
+
+    kind: ``"mask"``, ``"heatmap"`` or ``"regression"`` (the manifest's ``codec.kind``).
+    input_size: ``(height, width)`` of the model input.
+    """
+
+    kind: str
+    input_size: tuple[int, int]
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of one raw model output (no batch axis): ``(h, w, 1)``, ``(h', w', 19)`` or ``(38,)``."""
+
+    def encode(self, landmarks: np.ndarray) -> np.ndarray:
+        """Landmarks ``(19, 2)`` (NaN rows allowed) → one training target shaped ``output_shape``."""
+
+    def decode(self, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One raw output shaped ``output_shape`` → ``(landmarks (19, 2), confidence (19,))``;
+        undetected landmarks NaN (confidence 0), regression confidence NaN."""
+
+    def to_dict(self) -> dict:
+        """JSON-ready fields, ``kind`` included; :func:`codec_from_dict` inverts it."""
 
 
 @dataclass
@@ -41,6 +68,11 @@ class MaskCodec:
 
     def _roi_to_input(self) -> np.ndarray:
         return resize_affine(self.roi_size, self.input_size)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of one raw model output: ``(h, w, 1)``."""
+        return (*self.input_size, 1)
 
     def encode(self, landmarks: np.ndarray) -> np.ndarray:
         """``(19, 2)`` model-input px → mask ``(h, w, 1)`` float32 in [0, 1]."""
@@ -106,23 +138,6 @@ def render_study_masks(landmarks_roi: np.ndarray, roi_size=ROI_SIZE, mask_size=(
     return masks
 
 
-def _similarity_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity transform (Umeyama) taking ``src (K, 2)`` onto ``dst (K, 2)``; 3×3."""
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    s, d = src - mu_s, dst - mu_d
-    cov = d.T @ s / len(src)
-    u, sig, vt = np.linalg.svd(cov)
-    sign = np.sign(np.linalg.det(u @ vt)) or 1.0
-    fix = np.diag([1.0, sign])
-    rot = u @ fix @ vt
-    var_s = (s ** 2).sum() / len(src)
-    scale = (sig * np.diag(fix)).sum() / var_s if var_s > 0 else 1.0
-    m = np.eye(3)
-    m[:2, :2] = scale * rot
-    m[:2, 2] = mu_d - scale * rot @ mu_s
-    return m
-
-
 def assign_to_slots(reference: np.ndarray, points: np.ndarray, iterations: int = 8,
                     max_distance: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Give identity-free ``points (K, 2)`` the identities of ``reference (19, 2)``.
@@ -146,7 +161,7 @@ def assign_to_slots(reference: np.ndarray, points: np.ndarray, iterations: int =
         rows, cols = linear_sum_assignment(cost)
         if len(rows) < 3:
             break
-        new_m = _similarity_fit(ref[rows], pts[cols])
+        new_m = similarity_matrix(*similarity_fit(ref[rows], pts[cols]))
         if np.allclose(new_m, m, atol=1e-6):
             break
         m = new_m
@@ -159,41 +174,8 @@ def assign_to_slots(reference: np.ndarray, points: np.ndarray, iterations: int =
     return rows[keep], cols[keep]
 
 
-# Vertebra groups of the 19 landmarks (0-based): C2 inferior border, C3, C4 (DESIGN §3).
+# Vertebra groups of the 19 landmarks (0-based): C2 inferior border, C3, C4 (docs/architecture.md#the-19-landmarks).
 _GROUPS = np.array([0] * 3 + [1] * 8 + [2] * 8)
-
-
-@lru_cache(maxsize=8)
-def _shape_basis(input_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, float]:
-    """Complex shape basis in the model-input frame for :meth:`HeatmapCodec.decode` with a prior.
-
-    Returns ``(basis (5, 19) complex, prior_sd (5,), spacing)``: row 0 is ``MEAN_SHAPE_ROI`` mapped
-    into the input frame (the ROI→input stretch of the improved preset), rows 1–4 the PCA modes of
-    ``cvs_core.synth`` (fitted on the 15 public configurations), rotated and scaled into that frame;
-    ``prior_sd`` their standard deviations relative to a unit mean (row 0: 0 = unpenalised);
-    ``spacing`` the mean nearest-neighbour distance of the reference landmarks in input px.
-    """
-    from cvs_core.synth import MEAN_SHAPE, SHAPE_MODES, SHAPE_SD  # lazy: a few constants only
-
-    ref = apply_affine(resize_affine(ROI_SIZE, tuple(input_size)), np.asarray(MEAN_SHAPE_ROI, np.float64))
-    ref_c = ref[:, 0] + 1j * ref[:, 1]
-    centred = ref_c - ref_c.mean()
-    mean_c = MEAN_SHAPE[:, 0] + 1j * MEAN_SHAPE[:, 1]  # centred, unit centroid size
-    rot_scale = np.vdot(mean_c, centred) / np.vdot(mean_c, mean_c).real  # Procrustes mean → reference
-    modes = rot_scale * (SHAPE_MODES[..., 0] + 1j * SHAPE_MODES[..., 1])  # (4, 19)
-    d = np.abs(ref_c[:, None] - ref_c[None])
-    d[np.eye(len(d), dtype=bool)] = np.inf
-    return (np.concatenate([ref_c[None], modes]), np.concatenate([[0.0], SHAPE_SD]),
-            float(d.min(1).mean()))
-
-
-def _weighted_similarity(p: np.ndarray, q: np.ndarray, w: np.ndarray) -> tuple[complex, complex]:
-    """Weighted least-squares similarity ``q ≈ a·p + b`` on complex points; returns ``(a, b)``."""
-    ws = w.sum()
-    pm, qm = (w * p).sum() / ws, (w * q).sum() / ws
-    dp = p - pm
-    a = (w * np.conj(dp) * (q - qm)).sum() / max((w * np.abs(dp) ** 2).sum(), 1e-12)
-    return a, qm - a * pm
 
 
 @dataclass
@@ -215,19 +197,24 @@ class HeatmapCodec:
     sigma: float = 2.0
     kind: str = "heatmap"
     shape_prior: bool = False
-
-    # Shape-prior decoding parameters (class constants, not serialised).
-    SP_TOP_K = 4            # candidates kept per channel
-    SP_FLOOR = 0.05         # minimum peak value of a candidate
-    SP_NMS_RADIUS = 3.0     # input px: weaker peaks of the same channel this close are dropped
-    SP_SIGMAS = (0.8, 0.5, 0.35, 0.35)  # annealed σ, as fractions of the mean landmark spacing
-    SP_CLASH_RADIUS = 1.5   # input px: two channels' picks this close are one peak; the weaker one is dropped
-    SP_GATE = 2.5           # a channel's pick must lie within SP_GATE·σ_final of the fitted shape
-    SP_NOISE_PX = 1.0       # landmark scatter the PCA shape model leaves unexplained (sets the prior's strength)
+    # Shape-prior decoding parameters: fields, so they reach the manifest and the prediction-cache
+    # key; manifests written before they were fields decode with these defaults (the same values).
+    prior_top_k: int = 4             # candidates kept per channel
+    prior_floor: float = 0.05        # minimum peak value of a candidate
+    prior_nms_radius: float = 3.0    # input px: weaker peaks of the same channel this close are dropped
+    prior_sigmas: tuple[float, ...] = (0.8, 0.5, 0.35, 0.35)  # annealed σ, fractions of the mean landmark spacing
+    prior_clash_radius: float = 1.5  # input px: two channels' picks this close are one peak; the weaker one is dropped
+    prior_gate: float = 2.5          # a channel's pick must lie within prior_gate·σ_final of the fitted shape
+    prior_noise_px: float = 1.0      # landmark scatter the PCA shape model leaves unexplained (prior strength)
 
     @property
     def output_size(self) -> tuple[int, int]:
         return (self.input_size[0] // self.stride, self.input_size[1] // self.stride)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of one raw model output: ``(h', w', 19)``."""
+        return (*self.output_size, N_LANDMARKS)
 
     def _to_grid(self, landmarks: np.ndarray) -> np.ndarray:
         return (np.asarray(landmarks, np.float64) + 0.5) / self.stride - 0.5
@@ -281,8 +268,8 @@ class HeatmapCodec:
         return landmarks, np.clip(conf, 0.0, 1.0)
 
     def candidates(self, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per channel the ``SP_TOP_K`` strongest local maxima (3×3, value ≥ ``SP_FLOOR``, weaker ones
-        within ``SP_NMS_RADIUS`` dropped), sub-pixel refined.
+        """Per channel the ``prior_top_k`` strongest local maxima (3×3, value ≥ ``prior_floor``, weaker ones
+        within ``prior_nms_radius`` dropped), sub-pixel refined.
 
         Returns ``(points (19, K) complex x + iy input px, values (19, K))``; empty slots have value 0
         (and point NaN), slots sorted by decreasing value.
@@ -290,7 +277,7 @@ class HeatmapCodec:
         heat = np.ascontiguousarray(output, dtype=np.float32)
         h, w, k = heat.shape
         flat = heat.ravel()
-        idx = np.flatnonzero(flat >= self.SP_FLOOR)
+        idx = np.flatnonzero(flat >= self.prior_floor)
         yx, ch = np.divmod(idx, k)
         y, x = np.divmod(yx, w)
         v = flat[idx]
@@ -306,10 +293,10 @@ class HeatmapCodec:
         pts = self._refine(heat, y, x, ch)
         pts = (pts + 0.5) * self.stride - 0.5
         z = pts[:, 0] + 1j * pts[:, 1]
-        points = np.full((k, self.SP_TOP_K), np.nan, complex)
-        values = np.zeros((k, self.SP_TOP_K))
+        points = np.full((k, self.prior_top_k), np.nan, complex)
+        values = np.zeros((k, self.prior_top_k))
         starts = np.searchsorted(ch, np.arange(k + 1))
-        r2 = self.SP_NMS_RADIUS
+        r2 = self.prior_nms_radius
         for c in range(k):
             zc, vc = z[starts[c]:starts[c + 1]], v[starts[c]:starts[c + 1]]
             n = 0
@@ -318,7 +305,7 @@ class HeatmapCodec:
                     continue
                 points[c, n], values[c, n] = zi, vi
                 n += 1
-                if n == self.SP_TOP_K:
+                if n == self.prior_top_k:
                     break
         return points, values
 
@@ -347,7 +334,7 @@ class HeatmapCodec:
         present = values[:, 0] > 0
         if k != N_LANDMARKS or present.sum() < 3:
             return self._decode_argmax(heat)
-        basis, prior_sd, spacing = _shape_basis(tuple(self.input_size))
+        basis, prior_sd, spacing = shape_basis(tuple(self.input_size))
         ref = basis[0]
         pts0 = np.where(values > 0, points, 0)
 
@@ -356,7 +343,7 @@ class HeatmapCodec:
             return values * np.exp(-d2 / (2 * sigma * sigma))
 
         # --- robust start: similarity hypotheses from candidate pairs of different vertebrae
-        sigma0 = self.SP_SIGMAS[0] * spacing
+        sigma0 = self.prior_sigmas[0] * spacing
         top = np.argwhere(values[:, :2] > 0)  # (M, 2): channel, slot of the 2 strongest candidates
         ci, si = top[:, 0], top[:, 1]
         i, j = np.triu_indices(len(top), 1)
@@ -367,7 +354,7 @@ class HeatmapCodec:
         ok = (np.abs(a) > 0.5) & (np.abs(a) < 2.0) & (np.abs(np.angle(a)) < np.deg2rad(35))
         a, b = a[ok], b[ok]
         # plus the fit to all arg-maxes (the right answer when nothing is swapped)
-        a_all, b_all = _weighted_similarity(ref[present], points[present, 0], values[present, 0])
+        a_all, b_all = similarity_fit(ref[present], points[present, 0], values[present, 0])
         a, b = np.append(a, a_all), np.append(b, b_all)
         totals = score(a[:, None] * ref + b[:, None], sigma0).max(-1).sum(-1)
         best = int(totals.argmax())
@@ -376,7 +363,7 @@ class HeatmapCodec:
 
         # --- annealing: pick candidates, refit (similarity, then similarity + PCA modes)
         rows = np.arange(k)
-        for step, frac in enumerate(self.SP_SIGMAS):
+        for step, frac in enumerate(self.prior_sigmas):
             sigma = frac * spacing
             s = score(shape, sigma)
             pick = s.argmax(1)
@@ -385,22 +372,22 @@ class HeatmapCodec:
                 break
             q = pts0[rows, pick]
             if step < 2:
-                a1, b1 = _weighted_similarity(ref, q, wgt)
+                a1, b1 = similarity_fit(ref, q, wgt)
                 shape, scale = a1 * ref + b1, abs(a1)
             else:
                 shape = self._fit_modes(basis, prior_sd, q, wgt, scale)
 
-        sigma = self.SP_SIGMAS[-1] * spacing
+        sigma = self.prior_sigmas[-1] * spacing
         s = score(shape, sigma)
         pick = s.argmax(1)
         chosen = points[rows, pick]
         conf = values[rows, pick]
-        ok = (conf > 0) & (np.abs(chosen - shape) <= self.SP_GATE * sigma)
+        ok = (conf > 0) & (np.abs(chosen - shape) <= self.prior_gate * sigma)
         # two channels on the same peak: keep the better-scoring one
         sc = np.where(ok, s[rows, pick], -1.0)
         for c in np.argsort(-sc):
             if ok[c]:
-                clash = ok & (np.abs(chosen - chosen[c]) < self.SP_CLASH_RADIUS)
+                clash = ok & (np.abs(chosen - chosen[c]) < self.prior_clash_radius)
                 clash[c] = False
                 ok &= ~clash
         out = np.where(ok, chosen, shape)
@@ -415,7 +402,7 @@ class HeatmapCodec:
         aw = a_mat * w[:, None]
         lhs = a_mat.conj().T @ aw
         sd = np.append(prior_sd, 0.0) * scale
-        pen = np.where(sd > 0, (self.SP_NOISE_PX / np.maximum(sd, 1e-9)) ** 2, 0.0)
+        pen = np.where(sd > 0, (self.prior_noise_px / np.maximum(sd, 1e-9)) ** 2, 0.0)
         lhs = lhs + np.diag(pen)
         coef = np.linalg.solve(lhs, aw.conj().T @ q)
         return a_mat @ coef
@@ -443,6 +430,11 @@ class RegressionCodec:
     def _scale(self) -> np.ndarray:
         return np.array([self.input_size[1], self.input_size[0]], np.float64)
 
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of one raw model output: ``(38,)``."""
+        return (2 * N_LANDMARKS,)
+
     def encode(self, landmarks: np.ndarray) -> np.ndarray:
         pts = np.asarray(landmarks, np.float64)
         if self.normalize:
@@ -464,14 +456,18 @@ class RegressionCodec:
 CODECS = {"mask": MaskCodec, "heatmap": HeatmapCodec, "regression": RegressionCodec}
 
 
-def codec_from_dict(d: dict):
-    """Rebuild a codec from its manifest entry (``{"kind": ..., **fields}``)."""
+def codec_from_dict(d: dict) -> Codec:
+    """Rebuild a codec from its manifest entry (``{"kind": ..., **fields}``); fields a manifest
+    lacks (older manifests) take the class defaults."""
     d = dict(d)
     kind = d.get("kind")
     if kind not in CODECS:
         raise ValueError(f"unknown codec kind {kind!r}; expected one of {sorted(CODECS)}")
-    if "input_size" in d:
-        d["input_size"] = tuple(d["input_size"])
-    if "roi_size" in d:
-        d["roi_size"] = tuple(d["roi_size"])
-    return CODECS[kind](**d)
+    cls = CODECS[kind]
+    unknown = set(d) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"{kind} codec: unknown field(s) {sorted(unknown)}")
+    for key, value in d.items():  # JSON lists back to the tuples the fields hold
+        if isinstance(value, list):
+            d[key] = tuple(value)
+    return cls(**d)

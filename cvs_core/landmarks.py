@@ -1,4 +1,4 @@
-"""The 19-landmark schema of the cervical vertebrae C2–C4 (DESIGN §3).
+"""The 19-landmark schema of the cervical vertebrae C2–C4 (docs/architecture.md#the-19-landmarks).
 
 Coordinates everywhere are ``(x, y)`` float pixels; x grows anteriorly (to the right in the
 samples), y grows downwards. Arrays are shaped ``(19, 2)`` for one image or ``(N, 19, 2)``.
@@ -47,7 +47,7 @@ LANDMARKS: tuple[Landmark, ...] = _build()
 NAMES: tuple[str, ...] = tuple(lm.name for lm in LANDMARKS)
 NAME_TO_INDEX0: dict[str, int] = {lm.name: lm.index - 1 for lm in LANDMARKS}
 
-# Polylines for drawing, as 1-based landmark indices (DESIGN §3).
+# Polylines for drawing, as 1-based landmark indices (docs/architecture.md#the-19-landmarks).
 OUTLINES: dict[str, tuple[int, ...]] = {
     "C2": (1, 2, 3),
     "C3": (4, 5, 6, 8, 11, 10, 9, 7, 4),

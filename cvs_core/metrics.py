@@ -1,4 +1,4 @@
-"""Landmark and mask metrics as plain functions on arrays (DESIGN §5).
+"""Landmark and mask metrics as plain functions on arrays (docs/architecture.md#metrics).
 
 Conventions
 -----------
@@ -23,12 +23,12 @@ only to compare with its table; they are not landmark-identity-aware PCKs (see t
 """
 from __future__ import annotations
 
-import math
 from typing import Iterable
 
 import cv2
 import numpy as np
 
+from cvs_core.fileio import json_float
 from cvs_core.landmarks import VERTEBRA_POINTS
 
 DICE_SMOOTH = 1e-7
@@ -38,7 +38,7 @@ PCK_UNITS = ("px", "mm", "c3")
 __all__ = [
     "radial_errors", "mre", "sdr", "c3_width", "pck", "pck_per_landmark", "pck_curve", "pck_auc",
     "SortedErrors", "dice", "dice_loss_value", "coordinate_mae", "legacy_unet_pck",
-    "legacy_inception_pck", "summarize",
+    "legacy_inception_pck", "summarize", "validation_mre", "MISS_PENALTY_PX",
 ]
 
 
@@ -166,6 +166,21 @@ def mre(errors, spacing_mm=None) -> dict:
     per_img, _ = _finite_mean_sd(e, axis=1)
     return dict(mean=float(mean), sd=float(sd), per_landmark=per_lm, per_landmark_sd=per_lm_sd,
                 per_image=per_img, n_missing=int(np.sum(~np.isfinite(e))), unit=unit)
+
+
+MISS_PENALTY_PX = 100.0
+
+
+def validation_mre(errors, miss_px: float = MISS_PENALTY_PX) -> float:
+    """The validation MRE used to pick checkpoints (training) and reported as
+    ``validation_mre_px`` (:func:`summarize`): the mean of ``errors (N, K)`` (ROI px) where every
+    missed landmark (an ``inf`` or NaN error) counts as ``miss_px`` (100 ROI px ≈ 25 mm at the
+    nominal spacing) instead of being left out. Unlike :func:`mre`, a model cannot lower it by
+    giving up on hard landmarks. NaN for an empty array."""
+    e = np.asarray(errors, dtype=np.float64)
+    if e.size == 0:
+        return float("nan")
+    return float(np.where(np.isfinite(e), e, miss_px).mean())
 
 
 def sdr(errors, radii_mm: Iterable[float] = SDR_RADII_MM, spacing_mm=None) -> dict:
@@ -389,7 +404,7 @@ def _blob_centroids(mask: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def legacy_unet_pck(pred_masks, true_masks, threshold: float = 0.5, radius: float = 5) -> float:
-    """LEGACY — the study's U-Net "PCK", reproduced only to compare with its table (DESIGN §5a).
+    """LEGACY — the study's U-Net "PCK", reproduced only to compare with its table (docs/architecture.md#metrics).
 
     For each image, both masks are thresholded (``> threshold``) and split into connected
     components (``cv2.connectedComponentsWithStats``, 8-connectivity); a *predicted* blob counts as
@@ -419,7 +434,7 @@ def legacy_unet_pck(pred_masks, true_masks, threshold: float = 0.5, radius: floa
 
 
 def legacy_inception_pck(pred, true, radius_px: float = 40) -> float:
-    """LEGACY — the study's InceptionResNetV2 PCK (DESIGN §5b), reproduced only for comparison.
+    """LEGACY — the study's InceptionResNetV2 PCK (docs/architecture.md#metrics), reproduced only for comparison.
 
     Share of same-index landmark distances strictly < ``radius_px`` (40 ROI px ≈ 10 mm at the
     nominal 0.25 mm/px). pred, true : (N, K, 2) or (K, 2) ROI pixels; a missing prediction fails.
@@ -428,18 +443,14 @@ def legacy_inception_pck(pred, true, radius_px: float = 40) -> float:
 
 
 # ----------------------------------------------------------------------------- summary
-def _json_float(v) -> float | None:
-    v = float(v)
-    return v if math.isfinite(v) else None
-
-
 def summarize(pred, true, spacing_mm, pck_threshold_mm: float = 2.0, auc_max_mm: float = 4.0) -> dict:
     """One dict of the headline landmark metrics, JSON-serialisable (Python floats/ints).
 
     pred, true : (N, K, 2) or (K, 2) pixels; spacing_mm : scalar or (N,) mm per pixel.
 
     Keys: ``n_images``, ``n_landmarks``, ``n_missing`` (missing predictions, counted as failures
-    and left out of the means), ``mre_px``, ``mre_mm``, ``sd`` (SD of errors in mm; also
+    and left out of the means), ``mre_px``, ``mre_mm``, ``validation_mre_px`` (misses counted as
+    100 px, :func:`validation_mre`: the number training selects checkpoints by), ``sd`` (SD of errors in mm; also
     ``sd_px``), ``sdr`` {"2.0","2.5","3.0","4.0": fraction}, ``pck`` (fraction ≤
     ``pck_threshold_mm`` mm) with ``pck_threshold_mm``, ``pck_auc`` (normalised area on
     [0, ``auc_max_mm``] mm) with ``auc_max_mm``, ``coordinate_mae`` (px), ``spacing_mm``
@@ -453,15 +464,16 @@ def summarize(pred, true, spacing_mm, pck_threshold_mm: float = 2.0, auc_max_mm:
         n_images=int(e.shape[0]),
         n_landmarks=int(e.shape[1]),
         n_missing=int(px["n_missing"]),
-        mre_px=_json_float(px["mean"]),
-        mre_mm=_json_float(mm["mean"]),
-        sd=_json_float(mm["sd"]),
-        sd_px=_json_float(px["sd"]),
+        mre_px=json_float(px["mean"]),
+        mre_mm=json_float(mm["mean"]),
+        validation_mre_px=json_float(validation_mre(e)),
+        sd=json_float(mm["sd"]),
+        sd_px=json_float(px["sd"]),
         sdr=sdr(e, SDR_RADII_MM, spacing_mm),
         pck=pck(e, pck_threshold_mm, unit="mm", spacing_mm=spacing_mm),
         pck_threshold_mm=float(pck_threshold_mm),
         pck_auc=pck_auc(e, auc_max_mm, unit="mm", spacing_mm=spacing_mm),
         auc_max_mm=float(auc_max_mm),
-        coordinate_mae=_json_float(coordinate_mae(pred, true)),
+        coordinate_mae=json_float(coordinate_mae(pred, true)),
         spacing_mm=float(np.mean(s)),
     )

@@ -158,6 +158,8 @@ def build_inception_gap(input_size=(384, 160), imagenet: bool | None = None,
     return model
 
 
+# The builders of the shipped architectures; ``cvs_core.architectures.ARCHITECTURES`` is the table
+# the rest of the code reads (it names these functions).
 BUILDERS = {
     "unet_seed": build_unet_seed,
     "unet_heatmap": build_unet_heatmap,
@@ -167,7 +169,8 @@ BUILDERS = {
 
 
 def build_model(name: str, **kwargs) -> keras.Model:
-    """Build architecture ``name`` (a key of ``BUILDERS``) with builder keyword arguments."""
-    if name not in BUILDERS:
-        raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(BUILDERS)}")
-    return BUILDERS[name](**kwargs)
+    """Build architecture ``name`` (a key of ``cvs_core.architectures.ARCHITECTURES``) with builder
+    keyword arguments."""
+    from cvs_core.architectures import get_arch
+
+    return get_arch(name).build(**kwargs)

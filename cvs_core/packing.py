@@ -2,17 +2,18 @@
 
 Each weight tensor with ≥ 2 dimensions is stored as int8 with one float32 scale per output channel
 (last axis: ``w ≈ q · scale``, symmetric, |q| ≤ 127); 1-D tensors (biases, BatchNorm) stay float32.
-Shards are ``weights.int8.partN.npz`` files under ``max_shard_bytes`` each. ``unpack_model_folder``
-rebuilds the architecture from the manifest, loads the dequantised weights and writes
-``model.keras`` next to them (git-ignored), once.
+Shards are ``weights.int8.partN.npz`` files under ``max_shard_bytes`` each. :func:`model_from_packed`
+rebuilds the architecture from a manifest and loads the dequantised weights;
+``registry.unpack_model_folder`` writes it as ``model.keras`` next to them (git-ignored), once.
+This module imports nothing from ``registry`` (no import cycle).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
+
+from cvs_core.fileio import sha256_file
 
 SCHEME = "int8-per-output-channel-v1"
 
@@ -53,7 +54,7 @@ def pack_weights(model, folder: Path, max_shard_bytes: int = 15_000_000) -> dict
     for k, arrays in enumerate(shards):
         path = folder / f"weights.int8.part{k}.npz"
         np.savez(path, **arrays)
-        files.append({"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+        files.append({"file": path.name, "sha256": sha256_file(path)})
     return {"scheme": SCHEME, "n_tensors": len(model.get_weights()), "files": files}
 
 
@@ -67,7 +68,7 @@ def load_packed_weights(folder: Path, packed: dict) -> list[np.ndarray]:
         path = folder / f["file"]
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing (packed weights)")
-        if hashlib.sha256(path.read_bytes()).hexdigest() != f["sha256"]:
+        if sha256_file(path) != f["sha256"]:
             raise ValueError(f"{path} does not match its sha256 in the manifest")
         with np.load(path) as z:
             arrays.update({k: z[k] for k in z.files})
@@ -77,23 +78,17 @@ def load_packed_weights(folder: Path, packed: dict) -> list[np.ndarray]:
     return out
 
 
-def unpack_model_folder(folder: Path) -> Path:
-    """Rebuild ``model.keras`` of a packed model folder from its manifest and shards."""
-    from cvs_core.networks import build_model
-    from cvs_core.registry import LOCAL_MANIFEST, WEIGHTS, read_manifest, sha256_file
+def model_from_packed(folder: Path, manifest: dict):
+    """Rebuild a manifest's architecture (``cvs_core.architectures``) and fill it with the
+    dequantised weights of its ``packed_weights`` shards in ``folder``."""
+    from cvs_core.architectures import get_arch
 
-    folder = Path(folder)
-    manifest = read_manifest(folder)
     kwargs = dict(manifest.get("builder_kwargs", {}))
     if "input_size" in kwargs:
         kwargs["input_size"] = tuple(kwargs["input_size"])
-    if manifest["architecture"].startswith("inception"):
+    spec = get_arch(manifest["architecture"])
+    if spec.pretrained_backbone:
         kwargs["imagenet"] = False  # weights come from the shards
-    model = build_model(manifest["architecture"], **kwargs)
+    model = spec.build(**kwargs)
     model.set_weights(load_packed_weights(folder, manifest["packed_weights"]))
-    tmp = folder / (WEIGHTS + ".tmp.keras")
-    model.save(tmp)
-    tmp.replace(folder / WEIGHTS)
-    # model.keras embeds a save date, so its hash is recorded locally rather than in the manifest.
-    (folder / LOCAL_MANIFEST).write_text(json.dumps({"weights_sha256": sha256_file(folder / WEIGHTS)}))
-    return folder / WEIGHTS
+    return model

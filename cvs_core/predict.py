@@ -39,16 +39,29 @@ class Prediction:
     model: str
 
     def to_json_dict(self) -> dict:
-        def clean(a):
-            return [None if not np.isfinite(v) else round(float(v), 3) for v in np.ravel(a)]
-        pts = self.landmarks
+        """Landmarks ``[[x, y], …]`` and confidences rounded to 0.001 (null where missing), timings."""
+        from cvs_core.fileio import to_jsonable
+
         return {
-            "landmarks": [[None if not np.isfinite(v) else round(float(v), 3) for v in p] for p in pts],
-            "confidence": clean(self.confidence),
+            "landmarks": to_jsonable(self.landmarks, 3),
+            "confidence": to_jsonable(np.ravel(self.confidence), 3),
             "model": self.model,
             "ms": round(self.ms["total"], 2),
-            "timings_ms": {k: round(v, 2) for k, v in self.ms.items()},
+            "timings_ms": to_jsonable(self.ms, 2),
         }
+
+    def to_text(self) -> str:
+        """A table for the terminal: one line per landmark (name, x, y, confidence); ``—`` where
+        a value is missing (a landmark not found, or no confidence from a regression model)."""
+        from cvs_core.landmarks import NAMES
+
+        def num(v, width: int, digits: int) -> str:
+            return f"{v:{width}.{digits}f}" if np.isfinite(v) else "—".rjust(width)
+
+        lines = [f"model {self.model}  ({self.ms['total']:.1f} ms)"]
+        for name, (x, y), c in zip(NAMES, self.landmarks, np.ravel(self.confidence)):
+            lines.append(f"{name:6s} x={num(x, 8, 2)} y={num(y, 8, 2)} conf={num(c, 5, 3)}")
+        return "\n".join(lines)
 
     def response_map_roi(self) -> np.ndarray | None:
         """The mask, or the max over the 19 heatmaps, warped onto the ROI: ``(H_roi, W_roi)`` in [0, 1].
@@ -115,7 +128,10 @@ class Predictor:
 
     @property
     def family(self) -> str:
-        return "unet" if self.codec.kind in ("mask", "heatmap") else "inception"
+        """``"unet"`` or ``"inception"`` (``cvs_core.architectures.family_of`` the manifest)."""
+        from cvs_core.architectures import family_of
+
+        return family_of(self.manifest)
 
     def _compile(self):
         import keras

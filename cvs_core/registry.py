@@ -1,4 +1,4 @@
-"""Model folders: ``model.keras`` + ``manifest.json`` (DESIGN §4), shipped and user models,
+"""Model folders: ``model.keras`` + ``manifest.json`` (docs/architecture.md#model-folders), shipped and user models,
 and loading of the study's legacy ``.h5`` files.
 
 Shipped models live in ``<repo>/models/<name>/``; models a user trains or uploads go to
@@ -7,7 +7,6 @@ Shipped models live in ``<repo>/models/<name>/``; models a user trains or upload
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cvs_core.fileio import (read_json, sha256_file, to_jsonable, write_json_atomic,  # noqa: F401 (re-exported)
+                             write_text_atomic)
 from cvs_core.landmarks import SCHEMA_VERSION
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -38,58 +39,13 @@ class ModelError(ValueError):
     """A model folder or file that cannot be used, with the reason."""
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_json(path: Path) -> dict:
-    """A JSON file as a dict; ``{}`` when it is missing or half-written."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON so readers in other processes never see a partial file."""
-    tmp = Path(path).with_name(Path(path).name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
-def to_jsonable(obj, digits: int | None = None):
-    """Nested dicts/lists/numpy values → strict JSON types: numpy scalars and arrays to Python,
-    paths to strings, NaN/inf to None; floats rounded to ``digits`` when given."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v, digits) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v, digits) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist(), digits)
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        if not np.isfinite(v):
-            return None
-        return round(v, digits) if digits is not None else v
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def write_manifest(folder: Path, manifest: dict) -> None:
-    (Path(folder) / MANIFEST).write_text(json.dumps(to_jsonable(manifest), indent=2) + "\n")
+    """Write ``manifest.json`` atomically, as strict JSON (:func:`to_jsonable`)."""
+    write_text_atomic(Path(folder) / MANIFEST, json.dumps(to_jsonable(manifest), indent=2) + "\n")
 
 
 def base_manifest(name: str, architecture: str, builder_kwargs: dict, preprocess, codec, **extra) -> dict:
-    """Manifest fields every model folder has (DESIGN §4)."""
+    """Manifest fields every model folder has (docs/architecture.md#model-folders)."""
     import keras
 
     return {
@@ -185,7 +141,6 @@ def load_keras_model(folder: Path, verify: bool = True):
     weights = folder / WEIGHTS
     if not weights.is_file():
         if manifest.get("packed_weights"):
-            from cvs_core.packing import unpack_model_folder
             unpack_model_folder(folder)
         else:
             raise ModelError(f"{weights} is missing")
@@ -205,12 +160,13 @@ def load_legacy_h5(path: Path, architecture: str | None = None, builder_kwargs: 
 
     A full model (architecture + weights, saved by TF 2.x Keras) loads with the Dice loss as a
     custom object and ``compile=False``. A weights-only file needs ``architecture`` (a
-    ``networks.BUILDERS`` name) and its builder arguments, so the model is rebuilt, then filled.
+    ``cvs_core.architectures.ARCHITECTURES`` name) and its builder arguments, so the model is rebuilt, then filled.
     """
     import h5py
     import keras
 
-    from cvs_core.networks import CUSTOM_OBJECTS, build_model
+    from cvs_core.architectures import get_arch
+    from cvs_core.networks import CUSTOM_OBJECTS
 
     path = Path(path)
     try:
@@ -220,13 +176,18 @@ def load_legacy_h5(path: Path, architecture: str | None = None, builder_kwargs: 
         raise ModelError(f"{path.name} is not an HDF5 (.h5) file: {exc}") from exc
     if full_model:
         try:
-            return keras.saving.load_model(path, custom_objects={**CUSTOM_OBJECTS, **_legacy_layers()},
-                                           compile=False)
+            model = keras.saving.load_model(path, custom_objects={**CUSTOM_OBJECTS, **_legacy_layers()},
+                                            compile=False)
         except Exception as exc:  # noqa: BLE001
             raise ModelError(f"could not load the full model in {path.name}: {exc}") from exc
+        return _with_standard_layers(model)
     if architecture is None:
         raise ModelError(f"{path.name} holds weights only; say which architecture it belongs to")
-    model = build_model(architecture, **(builder_kwargs or {}))
+    try:
+        spec = get_arch(architecture)
+    except ValueError as exc:
+        raise ModelError(str(exc)) from None
+    model = spec.build(**(builder_kwargs or {}))
     try:
         model.load_weights(path)
     except Exception as exc:  # noqa: BLE001
@@ -247,17 +208,41 @@ def _legacy_layers() -> dict:
     return {"Conv2DTranspose": Conv2DTranspose}
 
 
-def register_model_folder(src: Path, name: str, overwrite: bool = False) -> Path:
-    """Copy a model folder into the user models dir under ``name``."""
+def _with_standard_layers(model):
+    """The same network with Keras' own classes in place of the :func:`_legacy_layers` stand-ins, so
+    it saves as a ``.keras`` file that loads anywhere (safe mode, no custom classes)."""
+    import keras
+
+    if not any(type(layer).__module__ == __name__ for layer in model.layers):
+        return model
+
+    def clone(layer):
+        if type(layer).__module__ == __name__:  # a stand-in: rebuild as the Keras layer it derives from
+            return type(layer).__mro__[1].from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    standard = keras.models.clone_model(model, clone_function=clone)
+    standard.set_weights(model.get_weights())
+    return standard
+
+
+def _check_new_name(name: str, overwrite: bool) -> Path:
+    """The user-model folder for a new model ``name``; ModelError if the name is unusable or taken."""
     if not name or any(c in name for c in "/\\") or name.startswith("."):
         raise ModelError(f"invalid model name {name!r}")
     if name in DEMO_MODELS or (SHIPPED_MODELS_DIR / name).exists():
         raise ModelError(f"{name!r} is the name of a shipped model; choose another")
-    read_manifest(src)
     dst = user_models_dir() / name
+    if dst.exists() and not overwrite:
+        raise ModelError(f"a model named {name!r} exists already")
+    return dst
+
+
+def register_model_folder(src: Path, name: str, overwrite: bool = False) -> Path:
+    """Copy a model folder into the user models dir under ``name``."""
+    dst = _check_new_name(name, overwrite)
+    read_manifest(src)
     if dst.exists():
-        if not overwrite:
-            raise ModelError(f"a model named {name!r} exists already")
         shutil.rmtree(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(src, dst)
@@ -265,6 +250,115 @@ def register_model_folder(src: Path, name: str, overwrite: bool = False) -> Path
     manifest["name"] = name
     write_manifest(dst, manifest)
     return dst
+
+
+def register_model_file(source: Path | str | bytes, name: str, architecture: str, preset: str = "seed",
+                        codec: str | None = None, builder_kwargs: dict | str | None = None,
+                        source_name: str | None = None, overwrite: bool = False) -> Path:
+    """Register a model file someone uploaded: a Keras 3 ``.keras`` (loaded in safe mode, so it
+    cannot run code) or one of the study's ``.h5`` files (full model, or weights only with
+    ``architecture`` + ``builder_kwargs``). Returns the new user-model folder.
+
+    source: a file path, or the file's bytes (then ``source_name`` gives its name and suffix).
+    architecture: a ``cvs_core.architectures.ARCHITECTURES`` name; its ``preset`` gives the
+        preprocessing (with the model's own input height, width and channels).
+    codec: ``None`` (or a label starting with ``"auto"``) for the architecture's codec, else a
+        ``cvs_core.architectures.CODEC_FACTORIES`` label.
+    builder_kwargs: a dict or its JSON text (weights-only ``.h5`` files need it).
+    The model's output shape must match the codec (mask ``(h, w, 1)``, heatmaps ``(h, w, 19)``,
+    regression ``(38,)``). Errors are :class:`ModelError` messages naming the uploaded file, never
+    a temporary path.
+    """
+    import tempfile
+
+    from cvs_core.architectures import CODEC_FACTORIES, get_arch
+    from cvs_core.preprocess import PreprocessConfig
+
+    display = Path(source_name or ("upload" if isinstance(source, (bytes, bytearray)) else str(source))).name
+    suffix = Path(display).suffix.lower()
+    if suffix not in (".keras", ".h5"):
+        raise ModelError(f"{display}: expected a .keras or .h5 file")
+    dst = _check_new_name(name, overwrite)
+    try:
+        spec = get_arch(architecture)
+        pre_dict = spec.preset(preset)["preprocess"]
+    except ValueError as exc:
+        raise ModelError(str(exc)) from None
+    if isinstance(builder_kwargs, str):
+        try:
+            builder_kwargs = json.loads(builder_kwargs or "{}")
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"builder arguments are not valid JSON: {exc}") from None
+    if not isinstance(builder_kwargs or {}, dict):
+        raise ModelError("builder arguments must be a JSON object, e.g. {\"n_filters\": 64}")
+    builder_kwargs = dict(builder_kwargs or {})
+    if codec is None or codec.startswith("auto"):
+        codec_factory = spec.codec
+    elif codec in CODEC_FACTORIES:
+        codec_factory = CODEC_FACTORIES[codec]
+    else:
+        raise ModelError(f"unknown codec {codec!r}; choose one of {sorted(CODEC_FACTORIES)}")
+
+    with tempfile.TemporaryDirectory(prefix="cvs_upload_") as tmp:
+        path = Path(tmp) / display
+        if isinstance(source, (bytes, bytearray)):
+            path.write_bytes(source)
+        else:
+            shutil.copyfile(source, path)
+        try:
+            model = _load_uploaded(path, display, architecture, builder_kwargs)
+        except ModelError as exc:  # keep temporary paths out of the message
+            raise ModelError(str(exc).replace(str(path), display).replace(tmp, "…")) from None
+        try:
+            h, w, c = (int(v) for v in model.input_shape[1:4])
+        except (TypeError, ValueError):
+            raise ModelError(f"{display}: the model's input shape {model.input_shape} is not a fixed "
+                             "(height, width, channels) image") from None
+        pre = PreprocessConfig.from_dict(pre_dict).replace(input_size=[h, w], channels=c)
+        the_codec = codec_factory((h, w))
+        out_shape = tuple(model.output_shape[1:])
+        if out_shape != tuple(the_codec.output_shape):
+            raise ModelError(f"{display}: the model outputs {out_shape}, but a {the_codec.kind} codec "
+                             f"needs {tuple(the_codec.output_shape)}")
+        manifest = base_manifest(
+            name=name, architecture=architecture, builder_kwargs=builder_kwargs, preprocess=pre,
+            codec=the_codec, training={"preset": preset, "data": {"source": f"uploaded file {display}"}},
+            metrics={}, imagenet_weights=None, uploaded_from=display)
+        folder = save_model_folder(model, Path(tmp) / "folder", manifest)
+        return register_model_folder(folder, dst.name, overwrite=overwrite)
+
+
+def _load_uploaded(path: Path, display: str, architecture: str, builder_kwargs: dict):
+    """A Keras model from an uploaded ``.keras`` (safe mode) or ``.h5`` file."""
+    import keras
+
+    from cvs_core.networks import CUSTOM_OBJECTS
+
+    if path.suffix == ".h5":
+        return load_legacy_h5(path, architecture=architecture, builder_kwargs=builder_kwargs)
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise ModelError(f"{display} is not a Keras 3 .keras file (a .keras file is a zip archive)")
+    try:
+        return keras.saving.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False, safe_mode=True)
+    except Exception as exc:  # noqa: BLE001 - keras raises many types for bad files
+        raise ModelError(f"could not load {display} (safe mode): {exc}") from None
+
+
+def unpack_model_folder(folder: Path) -> Path:
+    """Rebuild ``model.keras`` of a packed model folder (int8 shards, ``cvs_core.packing``) from its
+    manifest; the file's sha256 goes to ``manifest.local.json`` (``model.keras`` embeds a save date,
+    so its hash differs per machine and cannot be in the manifest). Returns the ``model.keras`` path."""
+    from cvs_core.fileio import atomic_path
+    from cvs_core.packing import model_from_packed
+
+    folder = Path(folder)
+    model = model_from_packed(folder, read_manifest(folder))
+    with atomic_path(folder / WEIGHTS) as tmp:
+        model.save(tmp)
+    write_json_atomic(folder / LOCAL_MANIFEST, {"weights_sha256": sha256_file(folder / WEIGHTS)})
+    return folder / WEIGHTS
 
 
 def delete_model(name: str) -> None:
@@ -286,7 +380,6 @@ def ensure_demo_models(verbose: bool = False) -> list[Path]:
             continue
         manifest = read_manifest(folder)
         if not (folder / WEIGHTS).is_file() and manifest.get("packed_weights"):
-            from cvs_core.packing import unpack_model_folder
             if verbose:
                 print(f"demo model {name}: unpacking packed weights …")
             unpack_model_folder(folder)

@@ -1,4 +1,5 @@
-"""CVM stage (CS1–CS6) from the 19 cervical landmarks (DESIGN §6; McNamara & Franchi 2018).
+"""CVM stage (CS1–CS6) from the 19 cervical landmarks (McNamara & Franchi 2018;
+docs/architecture.md#cvm-staging).
 
 Geometry
 --------
@@ -24,13 +25,13 @@ stages the same too. In an upright image with y growing downwards this is simply
      posterior to anterior;
   2. otherwise by H / W: "rectangular vertical" if > ``square_high`` (1.1), "square" if within
      [``square_low``, ``square_high``] (inclusive), "rectangular horizontal" if < ``square_low``.
-  Trapezoid takes precedence over every H/W class, not only over horizontal (DESIGN: horizontal
-  means "< 0.9 and not trapezoid"). A tall body can be wedge-shaped too (AH/PH < 0.85 with
+  Trapezoid takes precedence over every H/W class, not only over horizontal (the definition:
+  horizontal means "< 0.9 and not trapezoid"). A tall body can be wedge-shaped too (AH/PH < 0.85 with
   H/W ≥ 0.9); the slope of the superior border is the immaturity sign the CS table separates on,
   and the H/W classes describe bodies with a level superior border, so such a body is classed
   trapezoid and the confidence note flags it ("wedge-shaped but tall").
 
-Stage table (DESIGN §6): concavity C2/C3/C4 and body shapes of C3 and C4 →
+Stage table (docs/architecture.md#cvm-staging): concavity C2/C3/C4 and body shapes of C3 and C4 →
 
 =====  ===============  =============================================================
 CS1    no / no / no     both trapezoid
@@ -70,7 +71,7 @@ iCVM-900 training cases), ``"learned"`` and ``"textbook"`` (McNamara & Franchi t
 ``stage_landmarks(..., config=None)`` uses the shipped default; see :func:`load_config`.
 
 Never use this module to label phantoms: a phantom's stage is the stage it was generated for
-(DESIGN §7), otherwise the stage-agreement check would be circular.
+(docs/architecture.md#phantoms), otherwise the stage-agreement check would be circular.
 """
 from __future__ import annotations
 
@@ -170,8 +171,9 @@ class OrdinalModel:
 
 @dataclass
 class StagingConfig:
-    """Every staging threshold (DESIGN §6; the trapezoid cut-off is an engineering default) plus
-    how the config was made. ``StagingConfig()`` is the textbook (McNamara & Franchi) config.
+    """Every staging threshold (docs/architecture.md#cvm-staging; the trapezoid cut-off is an
+    engineering default) plus how the config was made. ``StagingConfig()`` is the textbook
+    (McNamara & Franchi) config.
 
     concavity_ratio : depth / chord at or above which an inferior border is concave.
     concavity_ratio_c2, _c3, _c4 : per-border overrides of ``concavity_ratio`` (None = use it).
@@ -364,7 +366,7 @@ class StageResult:
     failed_rule : the rule(s) of the chosen stage that the measurements break (None when exact).
     rationale : one line, e.g. "C2 concave (0.12), C3 concave (0.09), C4 flat (0.02); C3
         trapezoid, C4 rect. horizontal → CS3".
-    growth : what the stage means for growth (DESIGN §6 table).
+    growth : what the stage means for growth (the stage table, docs/architecture.md#cvm-staging).
     caveat : :data:`CAVEAT`, always shown with the stage.
     measurements : flat dict of floats (None where not available, e.g. mm without spacing).
     shapes : {"C3": shape, "C4": shape}; concavity : {"C2": bool, "C3": bool, "C4": bool}.

@@ -1,13 +1,15 @@
-"""Synthetic lateral cervical-spine phantoms with exact landmarks and a known CS stage (DESIGN §7).
+"""Synthetic lateral cervical-spine phantoms with exact landmarks and a known CS stage
+(docs/architecture.md#phantoms).
 
 Only two labelled real ROI images are public, so models train on phantoms rendered here and must
 then work on real 250×600 ROI crops. A phantom is
 
 * a landmark configuration: a point-distribution model (mean shape + PCA modes after generalised
-  Procrustes alignment) fitted to the 15 real configurations of ``data/samples/*.csv`` (embedded
-  below so the module works without the data folder), followed by a *stage-driven* rebuild of each
+  Procrustes alignment, ``cvs_core.shape_model``) fitted to the 15 real configurations of
+  ``data/samples/*.csv``, followed by a *stage-driven* rebuild of each
   vertebra in its own frame (concavity depth/chord of the inferior borders of C2, C3, C4; H/W and
-  AH/PH of the C3 and C4 bodies) with a safety margin from every DESIGN §6 threshold;
+  AH/PH of the C3 and C4 bodies) with a safety margin from every staging threshold
+  (docs/architecture.md#cvm-staging);
 * an image rendered around those landmarks: C2 (with the dens), C3–C6 bodies whose outlines pass
   exactly through the landmarks, cortical rims, trabecular texture, discs, posterior elements, the
   soft-tissue gradient, the dark airway in front, skull base / ear rod / C1 / mandible at the top,
@@ -30,6 +32,7 @@ import cv2
 import numpy as np
 
 from cvs_core.landmarks import N_LANDMARKS, csv_columns
+from cvs_core.shape_model import SHAPE_MODEL
 
 __all__ = [
     "Phantom",
@@ -44,76 +47,15 @@ __all__ = [
 
 IMAGE_SIZE = (600, 250)  # (height, width) of the study ROI
 
-# --------------------------------------------------------------------------------------------
-# Shape model fitted to the 15 real landmark configurations (data/samples/train_data.csv and
-# test_data.csv, ROI pixels; rows: LC 475-478, 1, 100, 102-105, 107-109, 11, 111).
-# --------------------------------------------------------------------------------------------
-_REAL_CONFIGS = np.array([
-    [149, 332, 178, 328, 204, 334, 149, 350, 177, 354, 202, 361, 150, 369, 207, 380, 146, 390, 179, 392, 208, 402, 149, 404, 175, 416, 198, 428, 144, 429, 201, 445, 139, 452, 169, 454, 199, 461],
-    [90, 335, 124, 335, 158, 336, 88, 353, 119, 362, 155, 371, 88, 383, 158, 393, 86, 409, 121, 411, 156, 415, 79, 430, 114, 438, 148, 449, 82, 460, 158, 472, 80, 487, 116, 489, 155, 493],
-    [105, 377, 130, 374, 167, 384, 117, 386, 146, 400, 168, 416, 110, 409, 169, 434, 106, 436, 143, 442, 166, 456, 105, 446, 132, 474, 160, 488, 99, 471, 154, 505, 87, 495, 116, 508, 146, 524],
-    [147, 389, 167, 386, 208, 396, 152, 406, 184, 414, 208, 425, 154, 429, 213, 443, 152, 451, 183, 454, 213, 462, 156, 464, 187, 481, 211, 493, 157, 491, 215, 507, 156, 514, 182, 517, 213, 525],
-    [163, 337, 190, 334, 221, 333, 163, 352, 194, 362, 217, 369, 167, 382, 223, 383, 168, 405, 199, 403, 226, 399, 169, 414, 195, 424, 217, 437, 167, 442, 227, 453, 168, 467, 198, 472, 229, 472],
-    [62, 332, 98, 336, 131, 340, 65, 354, 97, 367, 129, 373, 67, 381, 133, 390, 64, 404, 100, 405, 134, 407, 63, 421, 96, 434, 128, 442, 63, 446, 129, 462, 61, 470, 95, 472, 128, 481],
-    [116, 348, 152, 359, 187, 370, 110, 372, 146, 384, 177, 400, 105, 398, 181, 421, 101, 422, 139, 430, 180, 440, 96, 438, 130, 454, 169, 468, 92, 469, 171, 486, 92, 492, 131, 497, 172, 507],
-    [115, 370, 147, 371, 183, 376, 120, 392, 149, 396, 180, 401, 119, 415, 184, 418, 119, 435, 153, 437, 188, 439, 119, 457, 151, 463, 182, 467, 117, 477, 186, 486, 118, 496, 152, 500, 184, 504],
-    [108, 382, 137, 380, 171, 396, 110, 401, 140, 407, 172, 410, 110, 431, 175, 436, 112, 461, 143, 456, 176, 470, 112, 477, 146, 485, 177, 490, 115, 506, 179, 513, 114, 532, 144, 528, 179, 542],
-    [151, 359, 189, 351, 216, 355, 154, 376, 189, 380, 218, 385, 157, 397, 222, 402, 157, 420, 190, 417, 224, 419, 160, 434, 191, 447, 220, 455, 158, 457, 221, 470, 156, 478, 192, 483, 221, 488],
-    [80, 340, 112, 338, 144, 356, 82, 350, 109, 363, 140, 374, 75, 386, 142, 407, 64, 421, 98, 421, 134, 441, 64, 431, 97, 444, 128, 457, 62, 461, 124, 487, 52, 493, 88, 496, 114, 514],
-    [133, 312, 159, 319, 196, 327, 134, 333, 165, 342, 192, 347, 131, 360, 193, 370, 126, 386, 160, 386, 193, 397, 131, 396, 158, 414, 184, 420, 123, 422, 183, 445, 117, 449, 146, 449, 178, 471],
-    [127, 316, 159, 321, 182, 335, 125, 335, 152, 347, 186, 357, 121, 361, 188, 384, 118, 390, 149, 397, 178, 412, 120, 400, 144, 415, 174, 428, 110, 429, 170, 461, 100, 460, 132, 466, 159, 484],
-    [110, 438, 141, 435, 172, 446, 107, 458, 140, 465, 170, 476, 104, 485, 176, 506, 104, 522, 142, 527, 171, 536, 108, 536, 140, 558, 172, 564, 104, 572, 168, 594, 102, 607, 127, 611, 150, 627],
-    [124, 395, 158, 388, 205, 404, 122, 412, 161, 418, 200, 425, 127, 452, 210, 455, 126, 485, 169, 479, 211, 489, 129, 498, 172, 508, 213, 510, 131, 532, 219, 542, 133, 568, 180, 565, 233, 590],
-], dtype=np.float64).reshape(-1, N_LANDMARKS, 2)
-
-
-def _align(shape: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Similarity-align a centred ``(19, 2)`` shape onto a centred unit-size ``ref``.
-
-    Returns the aligned shape, the scale applied and the rotation angle (radians) applied."""
-    u, _, vt = np.linalg.svd(shape.T @ ref)
-    r = u @ vt
-    if np.linalg.det(r) < 0:  # no reflections
-        u[:, -1] *= -1
-        r = u @ vt
-    rotated = shape @ r
-    s = float(np.sum(rotated * ref) / np.sum(rotated * rotated))
-    return rotated * s, s, float(np.arctan2(r[0, 1], r[0, 0]))
-
-
-def _fit_shape_model(configs: np.ndarray, n_modes: int = 4):
-    centroids = configs.mean(axis=1)
-    centred = configs - centroids[:, None, :]
-    sizes = np.sqrt((centred ** 2).sum(axis=(1, 2)))
-    shapes = centred / sizes[:, None, None]
-    mean = shapes[0].copy()
-    for _ in range(20):  # generalised Procrustes analysis
-        aligned = np.stack([_align(s, mean)[0] for s in shapes])
-        new_mean = aligned.mean(axis=0)
-        new_mean -= new_mean.mean(axis=0)
-        new_mean /= np.sqrt((new_mean ** 2).sum())
-        if np.abs(new_mean - mean).max() < 1e-12:
-            break
-        mean = new_mean
-    # The ROI has a fixed orientation, so express the mean in the average real orientation.
-    angles = np.array([_align(s, mean)[2] for s in shapes])
-    a = -float(np.mean(angles))
-    rot = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])
-    mean = mean @ rot
-    aligned = np.stack([_align(s, mean)[0] for s in shapes])
-    angles = np.array([_align(s, mean)[2] for s in shapes])
-    flat = (aligned - mean).reshape(len(aligned), -1)
-    _, sv, vt = np.linalg.svd(flat, full_matrices=False)
-    sd = sv / np.sqrt(len(aligned) - 1)
-    return mean, vt[:n_modes].reshape(n_modes, N_LANDMARKS, 2), sd[:n_modes], centroids, sizes, angles
-
-
-MEAN_SHAPE, SHAPE_MODES, SHAPE_SD, _REAL_CENTROIDS, _REAL_SIZES, _REAL_ANGLES = _fit_shape_model(_REAL_CONFIGS)
+# The shape model (Procrustes mean + PCA modes of the 15 real configurations) lives in
+# cvs_core.shape_model; these names stay for callers of the old module.
+MEAN_SHAPE, SHAPE_MODES, SHAPE_SD = SHAPE_MODEL.mean, SHAPE_MODEL.modes, SHAPE_MODEL.sd
 """``MEAN_SHAPE`` (19, 2): Procrustes mean (centred, unit centroid size, average real orientation);
 ``SHAPE_MODES`` (4, 19, 2): orthonormal PCA modes; ``SHAPE_SD`` (4,): their standard deviations."""
+_REAL_SIZES = SHAPE_MODEL.sizes
 
 # --------------------------------------------------------------------------------------------
-# Stage → shape parameters (DESIGN §6 thresholds: concave depth/chord ≥ 0.07; square 0.9–1.1;
+# Stage → shape parameters (staging thresholds, docs/architecture.md#cvm-staging: concave depth/chord ≥ 0.07; square 0.9–1.1;
 # trapezoid AH/PH < 0.85). Every range keeps a margin from the thresholds.
 # --------------------------------------------------------------------------------------------
 STAGE_PARAMETER_RANGES = {
@@ -271,8 +213,8 @@ def sample_landmarks(rng: np.random.Generator, stage: int) -> np.ndarray:
     """Sample one landmark configuration for a CS stage (1..6).
 
     Shape model (PCA of the Procrustes-aligned real configurations, ±8° rotation, scale and
-    position in the real range) + stage-driven rebuild of C2/C3/C4 so that the DESIGN §6
-    measurements fall inside :data:`STAGE_PARAMETER_RANGES`.
+    position in the real range) + stage-driven rebuild of C2/C3/C4 so that the staging measurements
+    (docs/architecture.md#cvm-staging) fall inside :data:`STAGE_PARAMETER_RANGES`.
 
     Returns ``(19, 2)`` float64 ``(x, y)`` ROI pixels (pixel-centre convention)."""
     if stage not in _STAGE_CONCAVITY:

@@ -18,13 +18,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cvs_core.codecs import HeatmapCodec, MaskCodec, RegressionCodec
-from cvs_core.preprocess import (PreprocessConfig, apply_affine, inception_seed_config, preprocess,
-                                 unet_seed_config)
+from cvs_core import architectures
+from cvs_core.architectures import (PRESETS, get_arch, improved_inception_preprocess,  # noqa: F401 (re-exported)
+                                    improved_unet_preprocess)
+from cvs_core.metrics import validation_mre
+from cvs_core.preprocess import PreprocessConfig, apply_affine, preprocess
 from cvs_core.registry import read_json, write_json_atomic
 
-ARCHITECTURES = ("unet_seed", "unet_heatmap", "inception_seed", "inception_gap")
-PRESETS = ("seed", "improved")
+# The architecture names, for callers of the old tuple; the table itself is cvs_core.architectures.
+ARCHITECTURES = tuple(architectures.ARCHITECTURES)
 
 
 @dataclass
@@ -61,8 +63,8 @@ class TrainConfig:
     name: str | None = None
 
     def __post_init__(self):
-        if self.model not in ARCHITECTURES:
-            raise ValueError(f"unknown model {self.model!r}; choose one of {ARCHITECTURES}")
+        if self.model not in architectures.ARCHITECTURES:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(architectures.ARCHITECTURES)}")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {PRESETS}")
         if self.distribute not in ("none", "mirrored", "multiworker"):
@@ -105,62 +107,32 @@ def _as_list(value) -> list:
 
 
 def preset_defaults(model: str, preset: str) -> dict:
-    """The study's settings (``seed``) or ours (``improved``) for an architecture."""
-    if preset == "seed":
-        if model.startswith("unet"):
-            pre = unet_seed_config() if model == "unet_seed" else improved_unet_preprocess()
-            return dict(epochs=1000, lr=1e-3, batch_size=32, augment=False, preprocess=pre.to_dict())
-        pre = inception_seed_config() if model == "inception_seed" else improved_inception_preprocess()
-        return dict(epochs=600, lr=1e-2, batch_size=32, augment=False, preprocess=pre.to_dict())
-    if model.startswith("unet"):
-        pre = unet_seed_config() if model == "unet_seed" else improved_unet_preprocess()
-        return dict(epochs=60, lr=1e-3, batch_size=16, augment=True, preprocess=pre.to_dict())
-    pre = inception_seed_config() if model == "inception_seed" else improved_inception_preprocess()
-    return dict(epochs=60, lr=3e-4, batch_size=16, augment=True, preprocess=pre.to_dict())
-
-
-def improved_unet_preprocess() -> PreprocessConfig:
-    """ROI → CLAHE → 384×160 (keeps the 600:250 aspect) → /255."""
-    return PreprocessConfig(input_size=(384, 160), resize_first=False)
-
-
-def improved_inception_preprocess() -> PreprocessConfig:
-    """ROI → CLAHE → 384×160 → RGB in [−1, 1] (the backbone's own preprocess_input)."""
-    return PreprocessConfig(input_size=(384, 160), resize_first=False, channels=3, scaling="symmetric")
+    """The study's settings (``seed``) or ours (``improved``) for an architecture: TrainConfig
+    fields (epochs, lr, batch_size, augment, preprocess dict), from ``architectures.ARCHITECTURES``."""
+    return get_arch(model).preset(preset)
 
 
 def make_codec(config: TrainConfig):
-    pre = config.preprocess_config()
-    size = pre.input_size
-    if config.model == "unet_seed":
-        return MaskCodec(input_size=size)
-    if config.model == "unet_heatmap":
-        return HeatmapCodec(input_size=size, sigma=config.heatmap_sigma)
-    return RegressionCodec(input_size=size, normalize=config.model == "inception_gap")
+    """The architecture's codec for this run's model input size and heatmap σ."""
+    return get_arch(config.model).make_codec(config.preprocess_config().input_size,
+                                             heatmap_sigma=config.heatmap_sigma)
 
 
 def builder_kwargs(config: TrainConfig) -> dict:
     """Builder arguments with every default spelled out, so the manifest pins the architecture."""
     import inspect
 
-    from cvs_core.networks import BUILDERS
-
     kwargs = dict(config.builder_kwargs)
     kwargs.setdefault("input_size", tuple(config.preprocess_config().input_size))
-    for name, param in inspect.signature(BUILDERS[config.model]).parameters.items():
+    for name, param in inspect.signature(get_arch(config.model).build_fn).parameters.items():
         if name != "imagenet" and param.default is not inspect.Parameter.empty:
             kwargs.setdefault(name, param.default)
     return kwargs
 
 
 def loss_for(config: TrainConfig):
-    from cvs_core.networks import dice_coef, dice_loss, weighted_heatmap_mse
-
-    if config.model == "unet_seed":
-        return dice_loss, [dice_coef]
-    if config.model == "unet_heatmap":
-        return weighted_heatmap_mse, []
-    return "mse", ["mae"]
+    """``(loss, metrics)`` for ``model.compile``, from the architecture's entry."""
+    return get_arch(config.model).loss()
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -324,8 +296,9 @@ def _callbacks_module():
 
 
 class RunMonitor(_callbacks_module()):
-    """Per-epoch landmark error on the validation set (decoded, in ROI px), status.json, CSV
-    metrics, and a graceful stop on SIGTERM (cancel)."""
+    """Per-epoch landmark error on the validation set (decoded, in ROI px, misses counted as
+    100 px: ``metrics.validation_mre``), status.json, CSV metrics, and a graceful stop on SIGTERM
+    (cancel)."""
 
     def __init__(self, run_dir: Path, config: TrainConfig, codec, val, start_epoch: int, verbose: bool):
         super().__init__()
@@ -371,9 +344,8 @@ class RunMonitor(_callbacks_module()):
                 pred, _ = self.codec.decode(o)
                 true, _ = self.codec.decode(t)
                 errors.append(np.linalg.norm(apply_affine(to_roi, pred) - apply_affine(to_roi, true), axis=1))
-        e = np.concatenate(errors)
-        e[~np.isfinite(e)] = 100.0  # a missed landmark counts as a large error, never dropped
-        return float(e.mean())
+        # a missed landmark counts as a large error (metrics.MISS_PENALTY_PX), never dropped
+        return validation_mre(np.concatenate(errors))
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -448,7 +420,7 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, verbose: boo
     """Run training into ``out_dir``; returns the exported model folder ``out_dir/model``."""
     import keras
 
-    from cvs_core.networks import CUSTOM_OBJECTS, build_model
+    from cvs_core.networks import CUSTOM_OBJECTS
     from cvs_core.registry import base_manifest, save_model_folder
 
     out_dir = Path(out_dir)
@@ -478,7 +450,7 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, verbose: boo
                 from cvs_core.registry import load_keras_model, resolve_model
                 model = load_keras_model(resolve_model(config.init_from))
             else:
-                model = build_model(config.model, **builder_kwargs(config))
+                model = get_arch(config.model).build(**builder_kwargs(config))
             model.compile(optimizer=keras.optimizers.Adam(config.lr), loss=loss, metrics=metrics)
     train_seq.epoch = start_epoch
     train_seq._order = train_seq._make_order()

@@ -149,7 +149,7 @@ def landmark_figure(image: np.ndarray, layers: list[PointLayer], response: np.nd
                     title: str | None = None, height: int = 640, show_numbers: bool = True,
                     show_outlines: bool = True, quality: int = 90, zoom_margin: float | None = None) -> go.Figure:
     """The ROI image with landmark markers (number labels; name, position and confidence on hover),
-    vertebra outlines (DESIGN §3) and an optional response map (``(H, W)`` in [0, 1]) on top.
+    vertebra outlines (docs/architecture.md#the-19-landmarks) and an optional response map (``(H, W)`` in [0, 1]) on top.
     zoom_margin: when set, the initial view is the landmarks' bounding box plus this many pixels
     (the whole image stays reachable by zooming out / double-click)."""
     img = _to_uint8_grey_or_rgb(image)
@@ -372,7 +372,7 @@ def training_curves_figure(metrics: pd.DataFrame, height: int = 320) -> go.Figur
 # ----------------------------------------------------------------------------- tables and reports
 def comparison_table(predictions: dict[str, tuple[np.ndarray, np.ndarray | None]], truth: np.ndarray | None = None,
                      spacing_mm: float | None = None) -> pd.DataFrame:
-    """Per-landmark table comparing models (DESIGN §3 order, one row per landmark).
+    """Per-landmark table comparing models (docs/architecture.md#the-19-landmarks order, one row per landmark).
 
     predictions: model → (landmarks (19, 2), confidence (19,) or None), all in the same frame.
     truth: (19, 2) in that frame, or None. spacing_mm: mm per pixel of that frame.

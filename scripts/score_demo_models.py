@@ -40,7 +40,7 @@ def main() -> int:
                    manifest["metrics"].get("training_validation", {}).get("best_val_mre_px"))}}
         for key, (dataset, note) in datasets.items():
             res = evaluate.evaluate_models([folder], dataset, use_cache=False)[name]
-            metrics[key] = {**_pick(res["summary"]), "spacing_mm": dataset.spacing_mm, "note": note}
+            metrics[key] = {**_pick(res.summary), "spacing_mm": dataset.spacing_mm, "note": note}
             print(name, key, json.dumps({k: metrics[key][k] for k in ("mre_px", "sdr", "stage_agreement")
                                          if k in metrics[key]}))
         manifest["metrics"] = metrics

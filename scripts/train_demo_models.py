@@ -76,6 +76,7 @@ def main() -> int:
 
     import keras  # noqa: E402  (after the fork pool)
 
+    from cvs_core.architectures import get_arch
     from cvs_core.packing import load_packed_weights, pack_weights
     from cvs_core.registry import read_manifest, write_manifest
     from cvs_core.train import TrainConfig, train
@@ -106,6 +107,7 @@ def main() -> int:
                                           "epochs_run": manifest["training"]["epochs_run"]}
         model = keras.saving.load_model(folder / "model.keras", compile=False)
         packed_dir = out / "inception_resnet_v2"
+        assert get_arch(cfg.model).packed_weights  # too big for git: ships as int8 shards
         packed = pack_weights(model, packed_dir)
         manifest["packed_weights"] = packed
         manifest.pop("weights_sha256", None)

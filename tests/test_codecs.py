@@ -1,4 +1,4 @@
-"""Codec round trips (DESIGN §4: encode → decode well under 1 px) and identity assignment."""
+"""Codec round trips (docs/architecture.md#codecs: encode → decode well under 1 px) and identity assignment."""
 from __future__ import annotations
 
 import numpy as np

@@ -23,7 +23,7 @@ def demo_models_ready():
     ensure_demo_models()
 
 
-@pytest.mark.parametrize("model", ["unet_heatmap", "inception_resnet_v2"])
+@pytest.mark.parametrize("model", ["unet_heatmap", pytest.param("inception_resnet_v2", marks=pytest.mark.slow)])
 def test_cvs_predict_json(repo_root, model):
     out = subprocess.run([sys.executable, "-m", "cvs_core.cli", "predict", "--model", model,
                           str(repo_root / "data/samples/roi/LC (1).jpg"), "--json"],

@@ -106,6 +106,14 @@ def test_cache_key_changes_with_images(predictor, dataset):
     assert key != ev.cache_key(predictor, other)
 
 
+def test_cache_key_changes_with_codec_tuning(predictor, dataset, monkeypatch):
+    import dataclasses
+
+    key = ev.cache_key(predictor, dataset)
+    monkeypatch.setattr(predictor, "codec", dataclasses.replace(predictor.codec, prior_gate=2.0))
+    assert ev.cache_key(predictor, dataset) != key
+
+
 def test_score_keys_and_tables(dataset):
     rng = np.random.default_rng(0)
     pred = dataset.landmarks + rng.normal(0, 2.0, dataset.landmarks.shape)
@@ -113,7 +121,9 @@ def test_score_keys_and_tables(dataset):
     pset = ev.PredictionSet("m", dataset.names, pred, np.ones((N, N_LANDMARKS)), dataset.landmarks, 5.0,
                             stages=dataset.stages)
     res = ev.score(pset, 0.25, 2.0)
-    s = res["summary"]
+    assert isinstance(res, ev.Score) and res.prediction_set is pset
+    s = res.summary
+    assert res.to_dict()["summary"] is s and res["per_image"] is res.per_image  # the old dict access
     for key in ("n_images", "mre_px", "mre_mm", "sdr", "pck", "pck_threshold_mm", "legacy", "stage_agreement",
                 "ms_per_image", "spacing_mm", "n_missing"):
         assert key in s
@@ -125,14 +135,14 @@ def test_score_keys_and_tables(dataset):
     sa = s["stage_agreement"]
     assert sa["true_landmarks_vs_label"] is not None and {"pred_vs_label", "pred_vs_true_landmarks"} <= set(sa)
     json.dumps(s)  # JSON-ready
-    pi, pl = res["per_image"], res["per_landmark"]
+    pi, pl = res.per_image, res.per_landmark
     assert len(pi) == N and {"model", "image_name", "mre_px", "mre_mm", "max_err_px", "stage_pred", "stage_true"} <= set(pi)
     assert np.isinf(pi["max_err_px"].iloc[0]) and pi["n_missing"].iloc[0] == 1
     assert len(pl) == N_LANDMARKS and {"landmark", "name", "mre_px", "sd_px", "pck"} <= set(pl)
     assert pl["n_missing"].sum() == 1
     # perfect predictions
     perfect = ev.score(ev.PredictionSet("p", dataset.names, dataset.landmarks.copy(), np.ones((N, 19)),
-                                        dataset.landmarks, 1.0, stages=dataset.stages))["summary"]
+                                        dataset.landmarks, 1.0, stages=dataset.stages)).summary
     assert perfect["mre_px"] == 0 and perfect["pck"] == 1 and perfect["legacy"]["unet_pck"] == pytest.approx(1.0)
     assert perfect["stage_agreement"]["pred_vs_true_landmarks"] == 1.0
 

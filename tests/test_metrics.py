@@ -1,4 +1,4 @@
-"""Tests for cvs_core.metrics, with a hand-computed cross-check (DESIGN §5)."""
+"""Tests for cvs_core.metrics, with a hand-computed cross-check (docs/architecture.md#metrics)."""
 from __future__ import annotations
 
 import json
@@ -126,6 +126,10 @@ def test_nan_prediction_is_a_failure_not_dropped():
     s = M.summarize(pred, true, 0.25)
     assert s["n_missing"] == 1
     json.dumps(s, allow_nan=False)
+    # the validation MRE (training's checkpoint criterion) counts the miss as 100 px instead
+    assert M.validation_mre(e) == pytest.approx((30 + 100) / 38)
+    assert s["validation_mre_px"] == pytest.approx((30 + 100) / 38)
+    assert M.validation_mre(np.full((1, 19), np.nan)) == 100.0
 
 
 def test_nan_truth_names_the_image():

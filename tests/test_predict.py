@@ -138,3 +138,38 @@ def test_bad_manifest_is_model_error(tiny_model_dir, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match="codec"):
         Predictor(copy)
+
+
+def test_cli_predict_text_on_a_regression_model(tmp_path, capsys):
+    """Regression models give no confidence (NaN → null): the text output must not crash on it."""
+    import keras
+
+    from cvs_core.cli import main
+    from cvs_core.codecs import RegressionCodec
+    from cvs_core.preprocess import PreprocessConfig
+    from cvs_core.registry import base_manifest, save_model_folder
+
+    pre = PreprocessConfig(input_size=(48, 20), resize_first=False)
+    inputs = keras.Input((48, 20, 1))
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2 * N_LANDMARKS, kernel_initializer="zeros", bias_initializer="ones")(x))
+    folder = save_model_folder(model, tmp_path / "reg", base_manifest(
+        name="tiny_reg", architecture="inception_gap", builder_kwargs={}, preprocess=pre,
+        codec=RegressionCodec(input_size=(48, 20), normalize=True)))
+    image = tmp_path / "phantom.png"
+    cv2.imwrite(str(image), render_phantom(7, stage=3).image)
+    assert main(["predict", "--model", str(folder), str(image)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("model tiny_reg")
+    assert len(out) == 1 + N_LANDMARKS
+    assert out[1].startswith("C2ip") and out[1].rstrip().endswith("conf=    —")
+    x = float(out[1].split("x=")[1].split()[0])
+    assert abs(x - (250 - 0.5)) < 1.0  # output 1.0 = the right edge of the 250-px ROI
+
+
+def test_prediction_text_marks_missing_landmarks(predictor, phantoms):
+    pred = predictor.predict(phantoms[0])
+    pred.landmarks[3] = np.nan
+    lines = pred.to_text().splitlines()
+    assert "x=       — y=       —" in lines[4] and "conf=" in lines[4]
+    assert f"{pred.landmarks[0, 0]:8.2f}" in lines[1]

@@ -9,7 +9,8 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from cvs_core import registry  # noqa: E402
-from cvs_core.packing import dequantize, pack_weights, quantize, unpack_model_folder  # noqa: E402
+from cvs_core.packing import dequantize, pack_weights, quantize  # noqa: E402
+from cvs_core.registry import unpack_model_folder  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -97,3 +98,66 @@ def test_manifest_with_other_schema_is_rejected(tmp_path, tiny_model_dir):
     registry.write_manifest(tmp_path, manifest)
     with pytest.raises(registry.ModelError, match="landmark schema"):
         registry.read_manifest(tmp_path)
+
+
+# --- registering an uploaded model file ---------------------------------------------------------
+
+def test_register_uploaded_keras_file(tmp_path, monkeypatch, tiny_model_dir):
+    from cvs_core.predict import Predictor
+
+    monkeypatch.setenv("CVS_HOME", str(tmp_path))
+    data = (tiny_model_dir / "model.keras").read_bytes()
+    dst = registry.register_model_file(data, "uploaded", "unet_heatmap", preset="improved",
+                                       source_name="my_unet.keras")
+    manifest = registry.read_manifest(dst)
+    assert manifest["architecture"] == "unet_heatmap" and manifest["uploaded_from"] == "my_unet.keras"
+    assert manifest["codec"]["kind"] == "heatmap" and manifest["codec"]["input_size"] == [96, 40]
+    assert manifest["preprocess"]["input_size"] == [96, 40] and manifest["preprocess"]["channels"] == 1
+    assert manifest["weights_sha256"] == registry.sha256_file(dst / "model.keras")
+    image = np.random.default_rng(0).integers(0, 255, (600, 250), dtype=np.uint8)
+    a = Predictor(dst, warmup=False).predict(image)
+    b = Predictor(tiny_model_dir, warmup=False).predict(image)
+    np.testing.assert_allclose(a.raw, b.raw, atol=1e-6)
+    # the same name again
+    with pytest.raises(registry.ModelError, match="exists already"):
+        registry.register_model_file(data, "uploaded", "unet_heatmap", source_name="my_unet.keras")
+    # a path works as well as bytes, and the codec must fit the model's output
+    with pytest.raises(registry.ModelError, match=r"outputs \(96, 40, 19\), but a regression codec needs \(38,\)"):
+        registry.register_model_file(tiny_model_dir / "model.keras", "other", "inception_gap")
+
+
+def test_register_uploaded_legacy_h5(tmp_path, monkeypatch, legacy_io):
+    monkeypatch.setenv("CVS_HOME", str(tmp_path))
+    dst = registry.register_model_file(FIXTURES / "legacy_unet_full.h5", "study_unet", "unet_seed", preset="seed")
+    manifest = registry.read_manifest(dst)
+    assert manifest["codec"]["kind"] == "mask" and manifest["codec"]["input_size"] == [32, 32]
+    assert manifest["preprocess"]["input_size"] == [32, 32]
+    assert manifest["preprocess"]["clahe"] and manifest["preprocess"]["resize_first"]  # the study's U-Net preset
+    model = registry.load_keras_model(dst)
+    np.testing.assert_allclose(model.predict(legacy_io["x"], verbose=0), legacy_io["y"], atol=1e-5)
+    # weights only: the builder arguments come as the form's JSON text
+    dst = registry.register_model_file(FIXTURES / "legacy_unet_weights.h5", "study_unet_w", "unet_seed",
+                                       builder_kwargs='{"input_size": [32, 32], "n_filters": 4}')
+    assert registry.read_manifest(dst)["builder_kwargs"] == {"input_size": [32, 32], "n_filters": 4}
+
+
+def test_register_uploaded_csv_renamed_keras_gives_a_clean_message(tmp_path, monkeypatch, samples_dir):
+    import tempfile
+
+    monkeypatch.setenv("CVS_HOME", str(tmp_path))
+    data = (samples_dir / "train_data.csv").read_bytes()
+    with pytest.raises(registry.ModelError) as info:
+        registry.register_model_file(data, "csv_model", "unet_heatmap", source_name="labels.keras")
+    message = str(info.value)
+    assert "labels.keras" in message and "not a Keras 3 .keras file" in message
+    assert tempfile.gettempdir() not in message and "cvs_upload_" not in message
+    with pytest.raises(registry.ModelError) as info:
+        registry.register_model_file(data, "csv_model", "unet_seed", source_name="labels.h5")
+    assert "labels.h5" in str(info.value) and "cvs_upload_" not in str(info.value)
+    with pytest.raises(registry.ModelError, match="expected a .keras or .h5 file"):
+        registry.register_model_file(data, "csv_model", "unet_seed", source_name="labels.csv")
+    with pytest.raises(registry.ModelError, match="unknown architecture"):
+        registry.register_model_file(data, "csv_model", "resnet", source_name="m.keras")
+    with pytest.raises(registry.ModelError, match="not valid JSON"):
+        registry.register_model_file(data, "csv_model", "unet_seed", builder_kwargs="{", source_name="m.h5")
+    assert registry.list_models() == [m for m in registry.list_models() if m.shipped]

@@ -1,4 +1,4 @@
-"""Tests for cvs_core.staging (DESIGN §6) on hand-built, transformed and real landmark sets."""
+"""Tests for cvs_core.staging (docs/architecture.md#cvm-staging) on hand-built, transformed and real landmark sets."""
 from __future__ import annotations
 
 import argparse
@@ -308,7 +308,7 @@ def test_cli_stage(tmp_path):
 
 # ----------------------------------------------------------------------------- phantoms
 def test_stage_agreement_on_phantom_landmarks():
-    """DESIGN §8: CS stage from the true landmarks of phantoms ≥ 95 % agreement with the
+    """docs/architecture.md#targets: CS stage from the true landmarks of phantoms ≥ 95 % agreement with the
     generator's stage (the generator's label, never this module's output)."""
     synth = pytest.importorskip("cvs_core.synth")
     rng = np.random.default_rng(20240601)

@@ -1,6 +1,6 @@
 """Tests of the phantom generator (cvs_core.synth).
 
-The stage check re-implements the DESIGN §6 measurements here with plain geometry, on purpose
+The stage check re-implements the staging measurements (docs/architecture.md#cvm-staging) here with plain geometry, on purpose
 independent of cvs_core.staging (the generator's label must never come from the staging code)."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from cvs_core.synth import (Phantom, generate_phantoms, render_phantom, sample_l
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# --- independent DESIGN §6 staging ----------------------------------------------------------
+# --- independent staging (docs/architecture.md#cvm-staging) -----------------------------------------
 def _frame(lm, a, c):
     p, q = lm[a - 1], lm[c - 1]
     d = q - p
