@@ -341,7 +341,7 @@ def test_stage_result_carries_agreement_and_nearest_alternative():
 
 
 def test_phantom_agreement_with_the_shipped_default():
-    """DESIGN §8: ≥ 95 % of phantoms get the stage they were generated for, with the shipped default."""
+    """Target (docs/architecture.md#targets): ≥ 95 % of phantoms get the stage they were generated for, with the shipped default."""
     synth = pytest.importorskip("cvs_core.synth")
     rng = np.random.default_rng(20240601)
     cfg = staging.load_config("default")

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from cvs_core import staging
 from cvs_core.staging import CAVEAT, StagingConfig
 
-# The tests below check the CS table with the textbook thresholds (DESIGN §6); the shipped default
+# The tests below check the CS table with the textbook thresholds (docs/architecture.md#cvm-staging); the shipped default
 # (calibrated on expert stages) is tested in tests/test_calibration.py.
 TEXTBOOK = StagingConfig()
 stage_landmarks = functools.partial(staging.stage_landmarks, config=TEXTBOOK)
