@@ -253,8 +253,8 @@ def _load_text(src: CsvSource) -> tuple[str, str]:
     return raw.lstrip("\ufeff"), label
 
 
-def _read_annotations(src: CsvSource, image_dir, missing_images: str, check_bounds: bool | str
-                      ) -> tuple[AnnotationSet | None, list[str], str]:
+def _read_annotations(src: CsvSource, image_dir, missing_images: str, check_bounds: bool | str,
+                      allow_missing: bool = False) -> tuple[AnnotationSet | None, list[str], str]:
     """Parse and validate; returns ``(set or None, problems, source label)``."""
     if missing_images not in MISSING_IMAGE_POLICIES:
         raise ValueError(f"missing_images must be one of {MISSING_IMAGE_POLICIES}, got {missing_images!r}")
@@ -296,6 +296,12 @@ def _read_annotations(src: CsvSource, image_dir, missing_images: str, check_boun
                 problems.append(f"{where}, column {NAME_COLUMN}: must be a relative path inside the image folder")
         for j, col in enumerate(COORD_COLUMNS):
             value, problem = _parse_coordinate(str(cells[i, j]))
+            if problem == "is empty" and allow_missing:
+                partner = COORD_COLUMNS[j ^ 1]  # the other coordinate of the same landmark
+                if str(cells[i, j ^ 1]).strip() != "":
+                    problems.append(f"{where}, column {col}: is empty but {partner} is not")
+                coords[i, j] = math.nan
+                continue
             if problem:
                 problems.append(f"{where}, column {col}: {problem}")
             elif value < 0:
@@ -356,7 +362,8 @@ def _read_annotations(src: CsvSource, image_dir, missing_images: str, check_boun
 
 
 def read_annotations(path_or_buffer: CsvSource, image_dir: str | os.PathLike | None = None,
-                     missing_images: str = "error", check_bounds: bool | str = True) -> AnnotationSet:
+                     missing_images: str = "error", check_bounds: bool | str = True,
+                     allow_missing: bool = False) -> AnnotationSet:
     """Read and validate a study CSV → :class:`AnnotationSet` (landmarks ``(N, 19, 2)`` float64).
 
     image_dir: folder holding the images named in ``image_name``; when given, each image must exist
@@ -364,9 +371,13 @@ def read_annotations(path_or_buffer: CsvSource, image_dir: str | os.PathLike | N
     ``"ignore"`` keeps it unchecked) and, with ``check_bounds``, every landmark must lie inside it
     (size read from the image header); ``check_bounds="warn"`` records those in ``warnings``
     instead (the study's own ``LC (11).jpg`` has C4's inferior corners below its 600-px ROI).
+    ``allow_missing=True`` accepts landmarks whose two cells are both empty (label files that
+    annotate a subset, e.g. the 13-landmark scheme): they come back as NaN (not scored by
+    ``metrics.radial_errors(..., missing_truth="skip")``).
     Raises :class:`AnnotationError` listing all problems.
     """
-    aset, problems, label = _read_annotations(path_or_buffer, image_dir, missing_images, check_bounds)
+    aset, problems, label = _read_annotations(path_or_buffer, image_dir, missing_images, check_bounds,
+                                              allow_missing)
     if problems or aset is None:
         raise AnnotationError(label, problems)
     return aset

@@ -6,14 +6,16 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 
 def _roi_arg(text: str):
-    if text in ("none", "seed"):
+    if text in ("none", "seed", "auto"):
         return text
     try:
         box = [int(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--roi must be seed, none or x0,y0,x1,y1; got {text!r}")
+        raise argparse.ArgumentTypeError(f"--roi must be seed, none, auto or x0,y0,x1,y1; got {text!r}")
     if len(box) != 4:
         raise argparse.ArgumentTypeError(f"--roi box needs 4 numbers x0,y0,x1,y1; got {text!r}")
     return box
@@ -33,15 +35,28 @@ def cmd_predict(args) -> int:
 
     predictor = Predictor.load(args.model)
     image = read_image(args.image)
-    result = predictor.predict(image.pixels, roi=args.roi)
+    spacing = args.spacing
+    if spacing is None and image.spacing_mm is not None:  # DICOM header (row, col) mm/px
+        spacing = float(np.mean(image.spacing_mm))
+    result = predictor.predict(image.pixels, roi=args.roi, spacing_mm=spacing)
     payload = result.to_json_dict()
     if args.json:
         print(json.dumps(payload))
     else:
         from cvs_core.landmarks import NAMES
         print(f"model {payload['model']}  ({payload['ms']:.1f} ms)")
-        for name, (x, y), c in zip(NAMES, payload["landmarks"], payload["confidence"]):
-            print(f"{name:6s} x={x:8.2f} y={y:8.2f} conf={c:.3f}")
+        if "roi" in payload:
+            r = payload["roi"]
+            print(f"auto ROI box {r['box']} (confidence {r['confidence']:.2f}{', mirrored' if r['mirrored'] else ''})")
+        mm = payload.get("landmarks_mm") or [None] * len(NAMES)
+        for name, (x, y), c, m in zip(NAMES, payload["landmarks"], payload["confidence"], mm):
+            fmt = lambda v, w: f"{v:{w}.2f}" if v is not None else " " * (w - 3) + "n/a"  # noqa: E731
+            conf = f"{c:.3f}" if c is not None else "n/a"
+            line = f"{name:6s} x={fmt(x, 8)} y={fmt(y, 8)} conf={conf}"
+            if m is not None:
+                line += f"  ({fmt(m[0], 7)}, {fmt(m[1], 7)}) mm"
+            print(line)
+        print(("" if payload["fit"]["ok"] else "WARNING: ") + payload["fit"]["message"])
     return 0
 
 
@@ -94,7 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("predict", help="find the 19 landmarks on one image")
     s.add_argument("--model", required=True, help="shipped model name (unet_heatmap, inception_resnet_v2, …) or a model folder")
     s.add_argument("image")
-    s.add_argument("--roi", type=_roi_arg, default=None, help="seed | none | x0,y0,x1,y1 (default: the model's own)")
+    s.add_argument("--roi", type=_roi_arg, default=None,
+                   help="seed | none | auto | x0,y0,x1,y1 (default: the model's own; auto finds C2–C4 in a full cephalogram)")
+    s.add_argument("--spacing", type=float, default=None,
+                   help="mm per image pixel (default: the DICOM header's, else unknown); gives landmarks in mm")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_predict)
 
@@ -120,8 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", action="append", required=True)
     s.add_argument("--csv", required=True)
     s.add_argument("--images", required=True)
-    s.add_argument("--roi", type=_roi_arg, default=None)
-    s.add_argument("--spacing", type=float, default=0.25, help="mm per ROI pixel (default 0.25, nominal)")
+    s.add_argument("--roi", type=_roi_arg, default=None,
+                   help="seed | none | auto | x0,y0,x1,y1; with auto the labels are in the full image's pixels")
+    s.add_argument("--spacing", type=float, default=0.25,
+                   help="mm per label-frame pixel (default 0.25, nominal ROI); with --roi auto: of the full image")
     s.add_argument("--threshold", type=float, default=2.0, help="PCK threshold in mm (default 2.0)")
     s.add_argument("--out", required=True)
     s.add_argument("--no-cache", action="store_true")

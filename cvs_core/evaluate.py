@@ -128,7 +128,7 @@ def load_dataset(csv, images, spacing_mm: float = 0.25) -> Dataset:
     gives the stages."""
     from cvs_core.annotations import read_annotations
 
-    aset = read_annotations(csv, image_dir=images, missing_images="skip", check_bounds="warn")
+    aset = read_annotations(csv, image_dir=images, missing_images="skip", check_bounds="warn", allow_missing=True)
     if len(aset) == 0:
         raise ValueError(f"{csv}: none of the images named in the CSV is in {images}")
     folder = Path(images)
@@ -313,10 +313,11 @@ def predict_dataset(predictor, dataset: Dataset, roi=None, batch_size: int = 8, 
         for b, idx in enumerate(batches):
             images = pending.result()
             pending = pool.submit(load, batches[b + 1]) if b + 1 < len(batches) else None
-            results = predictor.predict_batch(images, roi=roi)
+            # roi="auto": labels are in the full image's pixels and the spacing is per image pixel
+            results = predictor.predict_batch(images, roi=roi, **({"spacing_mm": dataset.spacing_mm} if roi == "auto" else {}))
             del images
             for i, r in zip(idx, results):
-                pred[i] = r.landmarks_roi
+                pred[i] = r.landmarks if roi == "auto" else r.landmarks_roi
                 conf[i] = r.confidence
             del results
             if progress:
@@ -383,11 +384,12 @@ def score(pset: PredictionSet, spacing_mm: float | None = None, threshold_mm: fl
     spacing = float(spacing_mm if spacing_mm is not None else pset.spacing_mm)
     stages = pset.stages if stages is None else np.asarray(stages, np.int64)
     pred, true = pset.pred, pset.true
-    e = metrics.radial_errors(pred, true)
-    summary = metrics.summarize(pred, true, spacing, pck_threshold_mm=threshold_mm)
+    # empty label cells (subset annotations) are not scored: NaN error; a missing prediction is inf
+    e = metrics.radial_errors(pred, true, missing_truth="skip")
+    summary = metrics.summarize(pred, true, spacing, pck_threshold_mm=threshold_mm, missing_truth="skip")
     summary["legacy"] = {
         "unet_pck": _jf(legacy_unet_pck_from_landmarks(pred, true)),
-        "inception_pck": _jf(metrics.legacy_inception_pck(pred, true)),
+        "inception_pck": _jf(metrics.legacy_inception_pck(pred, true, missing_truth="skip")),
         "unet_radius_px": 5, "unet_mask_size": 256, "inception_radius_px": 40,
         "note": LEGACY_NOTE,
     }
@@ -414,7 +416,7 @@ def score(pset: PredictionSet, spacing_mm: float | None = None, threshold_mm: fl
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             per_img_mean = np.nanmean(finite, axis=1)
-            per_img_max = np.max(e, axis=1)
+            per_img_max = np.nanmax(e, axis=1)
             per_lm_mean = np.nanmean(finite, axis=0)
             per_lm_sd = np.nanstd(finite, axis=0)
             per_lm_median = np.nanmedian(finite, axis=0)
@@ -425,8 +427,9 @@ def score(pset: PredictionSet, spacing_mm: float | None = None, threshold_mm: fl
         "mre_mm": per_img_mean * spacing,
         "max_err_px": per_img_max,
         "max_err_mm": per_img_max * spacing,
-        "n_missing": np.sum(~np.isfinite(e), axis=1),
-        f"pck@{threshold_mm:g}mm": np.mean(e * spacing <= threshold_mm, axis=1),
+        "n_missing": np.sum(np.isinf(e), axis=1),
+        "n_scored": np.sum(~np.isnan(e), axis=1),
+        f"pck@{threshold_mm:g}mm": metrics.scored_rate(e * spacing <= threshold_mm, e, axis=1),
         "mean_confidence": np.nanmean(np.where(np.isfinite(pset.confidence), pset.confidence, np.nan), axis=1)
         if np.isfinite(pset.confidence).any() else np.nan,
         "stage_pred": stage_pred,
@@ -448,7 +451,8 @@ def score(pset: PredictionSet, spacing_mm: float | None = None, threshold_mm: fl
         "pck": metrics.pck_per_landmark(e, threshold_mm, unit="mm", spacing_mm=spacing),
         "pck_threshold_mm": threshold_mm,
         **{f"sdr@{r}mm": metrics.pck_per_landmark(e, float(r), unit="mm", spacing_mm=spacing) for r in SDR_KEYS},
-        "n_missing": np.sum(~np.isfinite(e), axis=0),
+        "n_missing": np.sum(np.isinf(e), axis=0),
+        "n_scored": np.sum(~np.isnan(e), axis=0),
     })
     return {"summary": summary, "per_image": per_image, "per_landmark": per_landmark, "errors_px": e}
 
