@@ -444,6 +444,20 @@ def cut_roi(grey: np.ndarray, affine: np.ndarray, scale: float) -> np.ndarray:
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
+def roi_from_box(image: np.ndarray, box, mirrored: bool = False, spacing_mm: float | None = None) -> RoiResult:
+    """A :class:`RoiResult` from a box ``(x0, y0, x1, y1)`` in input px (e.g. the auto box after the
+    user moved or resized it on the Compare page): the ROI keeps the study's 250×600 proportions,
+    its scale set by the box height, centred on the box centre; ``mirrored`` for patients facing
+    left. Pass it as ``Predictor.predict(image, roi=result)``."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not (x1 > x0 and y1 > y0):
+        raise ValueError(f"box must be (x0, y0, x1, y1) with x1 > x0 and y1 > y0, got {tuple(box)}")
+    scale = ROI_SIZE[0] / (y1 - y0)
+    centre = ((x0 + x1) / 2 - 0.5, (y0 + y1) / 2 - 0.5)  # pixel-edge box → pixel-centre coordinates
+    roi_centre = ((ROI_SIZE[1] - 1) / 2, (ROI_SIZE[0] - 1) / 2)
+    return roi_around(image, centre, scale, mirrored=mirrored, centre_roi=roi_centre, spacing_mm=spacing_mm)
+
+
 def preprocess_with_roi(image: np.ndarray, roi: RoiResult, config):
     """Model input for ``image (H, W)`` through a found ROI: the model's own preprocessing (a
     :class:`~cvs_core.preprocess.PreprocessConfig`, its ROI setting ignored) run on ``roi.roi_image``,

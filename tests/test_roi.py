@@ -274,3 +274,17 @@ def test_cvs_evaluate_auto_roi_scores_only_the_given_landmarks(tmp_path, samples
     # errors are in mm of the original image: same as scoring the predictions by hand
     per_img = pd.read_csv(out / "per_image.csv")
     assert (per_img["mre_mm"] < 1.5).all(), per_img
+
+
+def test_a_box_round_trips_and_predicts_like_the_auto_roi(unet, samples_dir):
+    from cvs_core.roi import roi_from_box
+
+    img = _original(samples_dir, "LC (1)")
+    auto = unet.predict(img, roi="auto", spacing_mm=ORIGINAL_SPACING)
+    again = roi_from_box(img, auto.roi_result.box)
+    assert again.box == pytest.approx(auto.roi_result.box, abs=1e-6)
+    assert np.allclose(again.affine, auto.roi_result.affine, atol=1e-9)
+    moved = unet.predict(img, roi=again, spacing_mm=ORIGINAL_SPACING)
+    assert np.allclose(moved.landmarks, auto.landmarks, atol=1e-3)
+    with pytest.raises(ValueError, match="x1 > x0"):
+        roi_from_box(img, (10, 10, 5, 20))
