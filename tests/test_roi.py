@@ -177,6 +177,14 @@ def test_real_outlines_are_plausible(samples_dir):
         assert check_plausibility(pts).ok
 
 
+def test_phantom_outlines_are_plausible():
+    from cvs_core.synth import render_phantom
+
+    for i in range(24):
+        ph = render_phantom(7000 + i, stage=i % 6 + 1)
+        assert check_plausibility(ph.landmarks).ok, i
+
+
 def test_skipped_or_collapsed_vertebra_is_flagged(samples_dir):
     pts = _public_shapes(samples_dir)[0]
     period = pts[11:19].mean(0) - pts[3:11].mean(0)  # C3 → C4
