@@ -123,6 +123,14 @@ def facing_left_cue(grey: np.ndarray) -> float:
     return float((right - left) / max(left + right, 1e-6))
 
 
+def placement_affine(centre_work, scale: float, mirrored: bool, width: int, centre_roi) -> np.ndarray:
+    """3×3 input px → ROI px: the point ``centre_work`` of the *working* image (the input, mirrored
+    when ``mirrored``; ``width`` = input width) lands on ``centre_roi`` at ``scale`` ROI px per px."""
+    work_to_roi = translation(*(np.asarray(centre_roi, float) - scale * np.asarray(centre_work, float))) \
+        @ np.diag([scale, scale, 1.0])
+    return work_to_roi @ (mirror_affine(width) if mirrored else np.eye(3))
+
+
 class Localizer:
     """Runs a heatmap U-Net (a loaded :class:`~cvs_core.predict.Predictor`) fully convolutionally
     over a whole image. ``heatmaps(model_image (h, w) float32 in [0,1])`` → ``(h, w, 19)``."""
@@ -172,9 +180,11 @@ class Localizer:
         return fn
 
     def heatmaps(self, batch: np.ndarray) -> np.ndarray:
-        """``(B, h, w)`` float32 (h, w multiples of 16) → heatmaps ``(B, h, w, 19)``."""
-        fn = self._model_for(tuple(batch.shape[1:3]))
-        run = lambda: np.asarray(fn(batch[..., None]), np.float32)  # noqa: E731
+        """``(B, h, w)`` float32 (h, w multiples of 16) → heatmaps ``(B, h, w, 19)``. Runs on the
+        predictor's inference thread (building a network for a new shape included), so concurrent
+        callers are serialised."""
+        shape = tuple(batch.shape[1:3])
+        run = lambda: np.asarray(self._model_for(shape)(batch[..., None]), np.float32)  # noqa: E731
         return self.predictor._worker.submit(run).result()
 
 
@@ -191,8 +201,10 @@ def _to_model_scale(grey: np.ndarray, roi_per_input: float, model_per_roi: tuple
     sy, sx = model_per_roi
     mh, mw = max(16, int(round(rh * sy))), max(16, int(round(rw * sx)))
     m = cv2.resize(roi_scaled, (mw, mh), interpolation=cv2.INTER_AREA)
-    h16 = min(-(-mh // 16) * 16, Localizer.MAX_SIDE)
-    w16 = min(-(-mw // 16) * 16, Localizer.MAX_SIDE)
+    # canvas sides rounded up to multiples of 64 (the network needs 16; coarser steps mean fewer
+    # distinct shapes, each of which costs one network build and trace)
+    h16 = min(-(-mh // 64) * 64, Localizer.MAX_SIDE)
+    w16 = min(-(-mw // 64) * 64, Localizer.MAX_SIDE)
     canvas = np.zeros((h16, w16), np.float32)
     canvas[:min(mh, h16), :min(mw, w16)] = m[:h16, :w16] / 255.0
     affine = resize_affine((rh, rw), (mh, mw)) @ resize_affine((h, w), (rh, rw))
@@ -279,10 +291,7 @@ class AutoRoi:
         return hyps
 
     def _affine(self, centre_work: np.ndarray, scale: float, mirrored: bool, width: int) -> np.ndarray:
-        """Input px → ROI px placing ``centre_work`` (working-image px) on the mean shape's centre."""
-        ref_c = self._ref_roi.mean(0)
-        work_to_roi = translation(*(ref_c - scale * np.asarray(centre_work))) @ np.diag([scale, scale, 1.0])
-        return work_to_roi @ (mirror_affine(width) if mirrored else np.eye(3))
+        return placement_affine(centre_work, scale, mirrored, width, self._ref_roi.mean(0))
 
     def _fine(self, grey: np.ndarray, affines: list[np.ndarray], scales: list[float]):
         """Cut and run the ROIs → ``[(roi_image, landmarks_roi (19, 2), confidence (19,))]``."""
@@ -420,8 +429,7 @@ def roi_around(image: np.ndarray, centre: tuple[float, float], scale: float, mir
     w = grey.shape[1]
     if mirrored:
         c = apply_affine(mirror_affine(w), c)
-    affine = (translation(*(ref_c - scale * c)) @ np.diag([scale, scale, 1.0])
-              @ (mirror_affine(w) if mirrored else np.eye(3)))
+    affine = placement_affine(c, scale, mirrored, w, ref_c)
     roi_image = cut_roi(grey, affine, scale)
     sp = float(spacing_mm) if spacing_mm is not None else float(ROI_MM_PER_PX * scale)
     return _result(affine, roi_image, np.full((len(MEAN_SHAPE_ROI), 2), np.nan), scale, mirrored, float("nan"),
