@@ -242,14 +242,19 @@ def _roi_config(predictor, roi):
 
 def cache_key(predictor, dataset: Dataset, roi=None) -> str:
     """sha256 of (weights, codec, preprocessing after the ROI override, roi, dataset fingerprint)."""
-    payload = json.dumps({
+    fields = {
         "v": CACHE_VERSION,
         "weights": model_fingerprint(predictor),
         "codec": predictor.codec.to_dict(),
         "preprocess": _roi_config(predictor, roi).to_dict(),
         "roi": roi,
         "dataset": dataset.fingerprint(),
-    }, sort_keys=True, default=str)
+    }
+    if roi == "auto":  # the automatic ROI depends on the spacing and on its own parameters
+        from cvs_core.roi import AutoRoiConfig
+
+        fields.update(spacing=dataset.spacing_mm, auto_roi=repr(AutoRoiConfig()))
+    payload = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

@@ -296,3 +296,12 @@ def test_a_box_round_trips_and_predicts_like_the_auto_roi(unet, samples_dir):
     assert np.allclose(moved.landmarks, auto.landmarks, atol=1e-3)
     with pytest.raises(ValueError, match="x1 > x0"):
         roi_from_box(img, (10, 10, 5, 20))
+
+
+def test_prediction_cache_key_of_the_auto_roi_depends_on_the_spacing(unet, samples_dir):
+    from cvs_core.evaluate import cache_key, load_dataset
+
+    a = load_dataset(samples_dir / "train_data.csv", samples_dir / "original", spacing_mm=0.125)
+    b = load_dataset(samples_dir / "train_data.csv", samples_dir / "original", spacing_mm=0.1)
+    assert cache_key(unet, a, "auto") != cache_key(unet, b, "auto")
+    assert cache_key(unet, a, "seed") == cache_key(unet, b, "seed")  # unchanged for the other ROIs
