@@ -258,7 +258,8 @@ SCHEME_13_ABSENT = (5, 7, 8, 13, 15, 16)
 
 
 def _read_annotations(src: CsvSource, image_dir, missing_images: str, check_bounds: bool | str,
-                      optional_landmarks: Iterable[int] = ()) -> tuple[AnnotationSet | None, list[str], str]:
+                      optional_landmarks: Iterable[int] = (),
+                      allow_missing: bool = False) -> tuple[AnnotationSet | None, list[str], str]:
     """Parse and validate; returns ``(set or None, problems, source label)``."""
     optional = {int(k) for k in optional_landmarks}
     if missing_images not in MISSING_IMAGE_POLICIES:
@@ -308,6 +309,12 @@ def _read_annotations(src: CsvSource, image_dir, missing_images: str, check_boun
             if problem == "is empty" and optional and j // 2 + 1 not in optional:
                 problem = (f"is empty (only landmarks {', '.join(map(str, sorted(optional)))} may be left "
                            f"empty: the 13-landmark scheme)")
+            if problem == "is empty" and allow_missing:
+                partner = COORD_COLUMNS[j ^ 1]  # the other coordinate of the same landmark
+                if str(cells[i, j ^ 1]).strip() != "":
+                    problems.append(f"{where}, column {col}: is empty but {partner} is not")
+                coords[i, j] = math.nan
+                continue
             if problem:
                 problems.append(f"{where}, column {col}: {problem}")
             elif value < 0:
@@ -369,7 +376,7 @@ def _read_annotations(src: CsvSource, image_dir, missing_images: str, check_boun
 
 def read_annotations(path_or_buffer: CsvSource, image_dir: str | os.PathLike | None = None,
                      missing_images: str = "error", check_bounds: bool | str = True,
-                     optional_landmarks: Iterable[int] = ()) -> AnnotationSet:
+                     optional_landmarks: Iterable[int] = (), allow_missing: bool = False) -> AnnotationSet:
     """Read and validate a study CSV → :class:`AnnotationSet` (landmarks ``(N, 19, 2)`` float64).
 
     image_dir: folder holding the images named in ``image_name``; when given, each image must exist
@@ -380,10 +387,13 @@ def read_annotations(path_or_buffer: CsvSource, image_dir: str | os.PathLike | N
     optional_landmarks: 1-based landmarks whose two cells may both be empty (→ NaN), e.g.
     :data:`SCHEME_13_ABSENT` for 13-landmark files (staging and evaluation accept those; training
     needs all 19). Any other empty cell stays a problem naming its row and column.
+    ``allow_missing=True`` accepts any landmark whose two cells are both empty (label files that
+    annotate a subset, with gaps that differ per image): NaN, not scored by
+    ``metrics.radial_errors(..., missing_truth="skip")``.
     Raises :class:`AnnotationError` listing all problems.
     """
     aset, problems, label = _read_annotations(path_or_buffer, image_dir, missing_images, check_bounds,
-                                              optional_landmarks)
+                                              optional_landmarks, allow_missing)
     if problems or aset is None:
         raise AnnotationError(label, problems)
     return aset

@@ -6,14 +6,16 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 
 def _roi_arg(text: str):
-    if text in ("none", "seed"):
+    if text in ("none", "seed", "auto"):
         return text
     try:
         box = [int(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--roi must be seed, none or x0,y0,x1,y1; got {text!r}")
+        raise argparse.ArgumentTypeError(f"--roi must be seed, none, auto or x0,y0,x1,y1; got {text!r}")
     if len(box) != 4:
         raise argparse.ArgumentTypeError(f"--roi box needs 4 numbers x0,y0,x1,y1; got {text!r}")
     return box
@@ -33,7 +35,10 @@ def cmd_predict(args) -> int:
 
     predictor = Predictor.load(args.model)
     image = read_image(args.image)
-    result = predictor.predict(image.pixels, roi=args.roi)
+    spacing = args.spacing
+    if spacing is None and image.spacing_mm is not None:  # DICOM header (row, col) mm/px
+        spacing = float(np.mean(image.spacing_mm))
+    result = predictor.predict(image.pixels, roi=args.roi, spacing_mm=spacing)
     if args.json:
         print(json.dumps(result.to_json_dict()))
     else:
@@ -102,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("predict", help="find the 19 landmarks on one image")
     s.add_argument("--model", required=True, help="shipped model name (unet_heatmap, inception_resnet_v2, …) or a model folder")
     s.add_argument("image")
-    s.add_argument("--roi", type=_roi_arg, default=None, help="seed | none | x0,y0,x1,y1 (default: the model's own)")
+    s.add_argument("--roi", type=_roi_arg, default=None,
+                   help="seed | none | auto | x0,y0,x1,y1 (default: the model's own; auto finds C2–C4 in a full cephalogram)")
+    s.add_argument("--spacing", type=float, default=None,
+                   help="mm per image pixel (default: the DICOM header's, else unknown); gives landmarks in mm")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_predict)
 
@@ -128,8 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", action="append", required=True)
     s.add_argument("--csv", required=True)
     s.add_argument("--images", required=True)
-    s.add_argument("--roi", type=_roi_arg, default=None)
-    s.add_argument("--spacing", type=float, default=0.25, help="mm per ROI pixel (default 0.25, nominal)")
+    s.add_argument("--roi", type=_roi_arg, default=None,
+                   help="seed | none | auto | x0,y0,x1,y1; with auto the labels are in the full image's pixels")
+    s.add_argument("--spacing", type=float, default=0.25,
+                   help="mm per label-frame pixel (default 0.25, nominal ROI); with --roi auto: of the full image")
     s.add_argument("--threshold", type=float, default=2.0, help="PCK threshold in mm (default 2.0)")
     s.add_argument("--out", required=True)
     s.add_argument("--no-cache", action="store_true")

@@ -100,11 +100,10 @@ def load_dataset(csv, images, spacing_mm: float = 0.25) -> Dataset:
     gives the stages."""
     from cvs_core.annotations import read_annotations
 
-    from cvs_core.annotations import SCHEME_13_ABSENT
-
-    # 13-landmark labels (5, 7, 8, 13, 15, 16 empty) are scored on the landmarks they have
+    # subset labels (e.g. the 13-landmark scheme: 5, 7, 8, 13, 15, 16 empty) are scored on the
+    # landmarks they have
     aset = read_annotations(csv, image_dir=images, missing_images="skip", check_bounds="warn",
-                            optional_landmarks=SCHEME_13_ABSENT)
+                            allow_missing=True)
     if len(aset) == 0:
         raise ValueError(f"{csv}: none of the images named in the CSV is in {images}")
     folder = Path(images)

@@ -108,14 +108,19 @@ def _roi_config(predictor, roi):
 
 def cache_key(predictor, dataset: Dataset, roi=None) -> str:
     """sha256 of (weights, codec, preprocessing after the ROI override, roi, dataset fingerprint)."""
-    payload = json.dumps({
+    fields = {
         "v": CACHE_VERSION,
         "weights": model_fingerprint(predictor),
         "codec": predictor.codec.to_dict(),
         "preprocess": _roi_config(predictor, roi).to_dict(),
         "roi": roi,
         "dataset": dataset.fingerprint(),
-    }, sort_keys=True, default=str)
+    }
+    if roi == "auto":  # the automatic ROI depends on the spacing and on its own parameters
+        from cvs_core.roi import AutoRoiConfig
+
+        fields.update(spacing=dataset.spacing_mm, auto_roi=repr(AutoRoiConfig()))
+    payload = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -178,10 +183,11 @@ def predict_dataset(predictor, dataset: Dataset, roi=None, batch_size: int = 8, 
         for b, idx in enumerate(batches):
             images = pending.result()
             pending = pool.submit(load, batches[b + 1]) if b + 1 < len(batches) else None
-            results = predictor.predict_batch(images, roi=roi)
+            # roi="auto": labels are in the full image's pixels and the spacing is per image pixel
+            results = predictor.predict_batch(images, roi=roi, **({"spacing_mm": dataset.spacing_mm} if roi == "auto" else {}))
             del images
             for i, r in zip(idx, results):
-                pred[i] = r.landmarks_roi
+                pred[i] = r.landmarks if roi == "auto" else r.landmarks_roi
                 conf[i] = r.confidence
             del results
             if progress:
@@ -267,23 +273,18 @@ def score(pset: PredictionSet, spacing_mm: float | None = None, threshold_mm: fl
     spacing = float(spacing_mm if spacing_mm is not None else pset.spacing_mm)
     stages = pset.stages if stages is None else np.asarray(stages, np.int64)
     pred, true = pset.pred, pset.true
-    labelled = np.isfinite(true).all(axis=(0, 2))  # (19,) landmarks labelled in every image
-    if not labelled.all():  # e.g. 13-landmark labels: score the labelled landmarks only
-        pred, true = pred[:, labelled], true[:, labelled]
-    e = metrics.radial_errors(pred, true)
-    summary = metrics.summarize(pred, true, spacing, pck_threshold_mm=threshold_mm)
-    summary["landmarks_scored"] = [int(k) + 1 for k in np.flatnonzero(labelled)]
+    # empty label cells (subset annotations, e.g. the 13-landmark scheme) are not scored: NaN
+    # error; a missing prediction is inf (a failure)
+    e = metrics.radial_errors(pred, true, missing_truth="skip")
+    summary = metrics.summarize(pred, true, spacing, pck_threshold_mm=threshold_mm, missing_truth="skip")
+    summary["landmarks_scored"] = [int(k) + 1 for k in np.flatnonzero(np.isfinite(true).all(axis=2).any(axis=0))]
     summary["legacy"] = {
         "unet_pck": _j6(legacy_unet_pck_from_landmarks(pred, true)),
-        "inception_pck": _j6(metrics.legacy_inception_pck(pred, true)),
+        "inception_pck": _j6(metrics.legacy_inception_pck(pred, true, missing_truth="skip")),
         "unet_radius_px": 5, "unet_mask_size": 256, "inception_radius_px": 40,
         "note": LEGACY_NOTE,
     }
 
-    if not labelled.all():  # back to (N, 19): NaN errors where there is no label
-        full = np.full((len(e), N_LANDMARKS), np.nan)
-        full[:, labelled] = e
-        e, pred, true = full, pset.pred, pset.true
     stage_pred = _stages_of(pred, spacing)
     stage_from_true = _stages_of(true, spacing)
     agreement = {
@@ -306,7 +307,7 @@ def score(pset: PredictionSet, spacing_mm: float | None = None, threshold_mm: fl
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             per_img_mean = np.nanmean(finite, axis=1)
-            per_img_max = np.max(e[:, labelled], axis=1)
+            per_img_max = np.nanmax(e, axis=1)
             per_lm_mean = np.nanmean(finite, axis=0)
             per_lm_sd = np.nanstd(finite, axis=0)
             per_lm_median = np.nanmedian(finite, axis=0)
@@ -318,7 +319,8 @@ def score(pset: PredictionSet, spacing_mm: float | None = None, threshold_mm: fl
         "max_err_px": per_img_max,
         "max_err_mm": per_img_max * spacing,
         "n_missing": np.sum(np.isinf(e), axis=1),
-        f"pck@{threshold_mm:g}mm": np.mean(e[:, labelled] * spacing <= threshold_mm, axis=1),
+        "n_scored": np.sum(~np.isnan(e), axis=1),
+        f"pck@{threshold_mm:g}mm": metrics.scored_rate(e * spacing <= threshold_mm, e, axis=1),
         "mean_confidence": np.nanmean(np.where(np.isfinite(pset.confidence), pset.confidence, np.nan), axis=1)
         if np.isfinite(pset.confidence).any() else np.nan,
         "stage_pred": stage_pred,
@@ -340,9 +342,9 @@ def score(pset: PredictionSet, spacing_mm: float | None = None, threshold_mm: fl
         "pck": metrics.pck_per_landmark(e, threshold_mm, unit="mm", spacing_mm=spacing),
         "pck_threshold_mm": threshold_mm,
         **{f"sdr@{r}mm": metrics.pck_per_landmark(e, float(r), unit="mm", spacing_mm=spacing) for r in SDR_KEYS},
-        "n_missing": np.sum(~np.isfinite(e), axis=0),
+        "n_missing": np.sum(np.isinf(e), axis=0),
+        "n_scored": np.sum(~np.isnan(e), axis=0),
     })
-    per_landmark.loc[~labelled, ["pck", *[f"sdr@{r}mm" for r in SDR_KEYS], "n_missing"]] = np.nan
     return Score(summary=summary, per_image=per_image, per_landmark=per_landmark, errors_px=e, prediction_set=pset)
 
 

@@ -12,7 +12,10 @@ Conventions
   error ``+inf``. It is never dropped: SDR / PCK / AUC count it as a failure. Means (MRE, SD,
   coordinate MAE) cannot average an infinity, so they are taken over the finite errors and the
   number of missing landmarks is reported next to them as ``n_missing``. NaN in the *ground
-  truth* is a data error and raises ``ValueError`` naming the image.
+  truth* is a data error and raises ``ValueError`` naming the image — unless
+  ``missing_truth="skip"`` (label files that annotate only some landmarks, e.g. the 13-landmark
+  scheme): then that landmark is **not scored**, its error is NaN, and every rate and mean is
+  taken over the scored landmarks only (NaN error = not scored; ``inf`` = missing prediction = failure).
 * SDs use ``ddof=0`` (population SD of the errors at hand), so a single error has SD 0.
 
 The study's own scores are reproduced by :func:`legacy_unet_pck` and :func:`legacy_inception_pck`
@@ -38,7 +41,7 @@ PCK_UNITS = ("px", "mm", "c3")
 __all__ = [
     "radial_errors", "mre", "sdr", "c3_width", "pck", "pck_per_landmark", "pck_curve", "pck_auc",
     "SortedErrors", "dice", "dice_loss_value", "coordinate_mae", "legacy_unet_pck",
-    "legacy_inception_pck", "summarize", "validation_mre", "MISS_PENALTY_PX",
+    "legacy_inception_pck", "summarize", "validation_mre", "MISS_PENALTY_PX", "scored_rate",
 ]
 
 
@@ -110,17 +113,20 @@ def _finite_mean_sd(values: np.ndarray, axis=None):
 
 
 # ----------------------------------------------------------------------------- landmark errors
-def radial_errors(pred, true) -> np.ndarray:
+def radial_errors(pred, true, missing_truth: str = "error") -> np.ndarray:
     """Euclidean error of each predicted landmark against the same-index true one.
 
     Parameters
     ----------
     pred, true : (N, K, 2) or (K, 2) array of (x, y) pixels, in the same image frame.
 
+    missing_truth : "error" (NaN truth raises) or "skip" (that landmark is not scored: error NaN).
+
     Returns
     -------
     (N, K) float array of errors in pixels. A prediction with a NaN (or infinite) coordinate gets
     ``+inf`` — a failure that every rate counts and no mean silently drops (see module notes).
+    An unscored landmark (``missing_truth="skip"``) gets NaN.
 
     Raises
     ------
@@ -131,14 +137,27 @@ def radial_errors(pred, true) -> np.ndarray:
     t = _as_batch(true, "true")
     if p.shape != t.shape:
         raise ValueError(f"pred and true shapes differ: {p.shape} vs {t.shape}")
+    if missing_truth not in ("error", "skip"):
+        raise ValueError(f"missing_truth must be 'error' or 'skip', got {missing_truth!r}")
     bad_truth = ~np.isfinite(t).all(axis=(1, 2))
-    if bad_truth.any():
+    if bad_truth.any() and missing_truth == "error":
         idx = np.flatnonzero(bad_truth)
         raise ValueError(f"ground truth has NaN/inf coordinates in image index {int(idx[0])}"
                          + (f" (and {len(idx) - 1} more)" if len(idx) > 1 else ""))
     e = np.sqrt(np.sum((p - t) ** 2, axis=-1))
     e[~np.isfinite(p).all(axis=-1)] = np.inf
+    e[~np.isfinite(t).all(axis=-1)] = np.nan  # not scored (only reachable with missing_truth="skip")
     return e
+
+
+def scored_rate(ok: np.ndarray, e: np.ndarray, axis=None):
+    """Share of ``ok`` over the scored (non-NaN) entries of ``e``; NaN where nothing is scored."""
+    scored = ~np.isnan(e)
+    n = np.sum(scored, axis=axis)
+    hits = np.sum(ok & scored, axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(n > 0, hits / np.maximum(n, 1), np.nan)
+    return float(out) if np.ndim(out) == 0 else out
 
 
 def mre(errors, spacing_mm=None) -> dict:
@@ -165,7 +184,7 @@ def mre(errors, spacing_mm=None) -> dict:
     per_lm, per_lm_sd = _finite_mean_sd(e, axis=0)
     per_img, _ = _finite_mean_sd(e, axis=1)
     return dict(mean=float(mean), sd=float(sd), per_landmark=per_lm, per_landmark_sd=per_lm_sd,
-                per_image=per_img, n_missing=int(np.sum(~np.isfinite(e))), unit=unit)
+                per_image=per_img, n_missing=int(np.sum(np.isinf(e))), unit=unit)
 
 
 MISS_PENALTY_PX = 100.0
@@ -199,7 +218,7 @@ def sdr(errors, radii_mm: Iterable[float] = SDR_RADII_MM, spacing_mm=None) -> di
     if spacing_mm is None:
         raise ValueError("sdr needs spacing_mm (mm per pixel); pass 1.0 if the errors are already in mm")
     e = _scaled(_as_errors(errors), "mm", spacing_mm, None)
-    return {str(float(r)): float(np.mean(e <= float(r))) for r in radii_mm}
+    return {str(float(r)): scored_rate(e <= float(r), e) for r in radii_mm}
 
 
 def c3_width(true) -> np.ndarray:
@@ -223,13 +242,13 @@ def pck(errors, threshold: float, unit: str = "px", spacing_mm=None, c3_widths=N
         image's C3 body width (needs ``c3_widths`` (N,) from :func:`c3_width`).
     """
     e = _scaled(_as_errors(errors), unit, spacing_mm, c3_widths)
-    return float(np.mean(e <= threshold))
+    return scored_rate(e <= threshold, e)
 
 
 def pck_per_landmark(errors, threshold: float, unit: str = "px", spacing_mm=None, c3_widths=None) -> np.ndarray:
     """PCK per landmark: (N, K) errors → (K,) fractions (arguments as :func:`pck`)."""
     e = _scaled(_as_errors(errors), unit, spacing_mm, c3_widths)
-    return np.mean(e <= threshold, axis=0)
+    return scored_rate(e <= threshold, e, axis=0)
 
 
 def pck_curve(errors, thresholds, unit: str = "px", spacing_mm=None, c3_widths=None) -> np.ndarray:
@@ -250,7 +269,9 @@ def pck_auc(errors, max_threshold: float, unit: str = "px", spacing_mm=None, c3_
         raise ValueError(f"max_threshold must be > 0, got {max_threshold}")
     e = _scaled(_as_errors(errors), unit, spacing_mm, c3_widths)
     with np.errstate(over="ignore"):  # e / T may overflow to inf for tiny T: it clips to 0 as it should
-        return float(np.mean(np.clip(1.0 - e / max_threshold, 0.0, 1.0)))
+        v = np.clip(1.0 - e / max_threshold, 0.0, 1.0)
+    v = v[~np.isnan(e)]  # unscored landmarks
+    return float(np.mean(v)) if v.size else float("nan")
 
 
 class SortedErrors:
@@ -266,9 +287,11 @@ class SortedErrors:
     Parameters
     ----------
     errors : pixel errors of any shape; a 2-D ``(N, K)`` array also supports per-landmark
-        queries. ``inf``/NaN count as failures at every threshold.
+        queries. ``inf`` counts as a failure at every threshold; NaN is not scored (see below).
     unit, spacing_mm, c3_widths : as in :func:`pck` (applied once, at build time; needs 2-D errors
         for "mm" with per-image spacing and for "c3").
+    NaN errors are not scored (ground truth missing, ``radial_errors(..., missing_truth="skip")``):
+    they are left out of every denominator.
     """
 
     # Above this many cells the per-landmark count table is not built and per-landmark queries
@@ -279,10 +302,12 @@ class SortedErrors:
         e = np.asarray(errors, dtype=np.float64)
         if unit != "px":
             e = _scaled(_as_errors(e), unit, spacing_mm, c3_widths)
-        e = np.where(np.isnan(e), np.inf, e)
+        skip = np.isnan(e)
+        e = np.where(skip, np.inf, e)
         self.unit = unit
         self.shape = e.shape
-        self.n = e.size
+        self.n = int(e.size - skip.sum())
+        self._n_col = (e.shape[0] - skip.sum(axis=0)) if e.ndim == 2 else None
         order = np.argsort(e, axis=None)
         self._flat = e.reshape(-1)[order]
         finite = self._flat[np.isfinite(self._flat)]
@@ -320,11 +345,12 @@ class SortedErrors:
         n, k = self.shape
         if n == 0:
             return np.full(k, np.nan)
+        denom = np.where(self._n_col > 0, self._n_col, np.nan)
         if self._col_counts is not None:
             j = int(np.searchsorted(self._flat, threshold, side="right"))
-            return self._col_counts[j] / n
+            return self._col_counts[j] / denom
         counts = [np.searchsorted(col, threshold, side="right") for col in self._columns.T]
-        return np.asarray(counts, dtype=np.float64) / n
+        return np.asarray(counts, dtype=np.float64) / denom
 
     def auc(self, max_threshold: float) -> float:
         """Exact normalised PCK area on [0, max_threshold] (as :func:`pck_auc`), O(log n)."""
@@ -379,7 +405,7 @@ def dice_loss_value(pred, true) -> float:
 
 
 # ----------------------------------------------------------------------------- coordinates
-def coordinate_mae(pred, true) -> float:
+def coordinate_mae(pred, true, missing_truth: str = "error") -> float:
     """Mean absolute error over the 2·K coordinates (the study's MAE metric), in pixels.
 
     pred, true : (N, K, 2) or (K, 2). Landmarks whose prediction is missing (any NaN coordinate)
@@ -389,8 +415,8 @@ def coordinate_mae(pred, true) -> float:
     """
     p = _as_batch(pred, "pred")
     t = _as_batch(true, "true")
-    radial_errors(p, t)  # validates shapes and ground truth
-    ok = np.isfinite(p).all(axis=-1)
+    radial_errors(p, t, missing_truth)  # validates shapes and ground truth
+    ok = np.isfinite(p).all(axis=-1) & np.isfinite(t).all(axis=-1)
     if not ok.any():
         return float("nan")
     return float(np.mean(np.abs(p[ok] - t[ok])))
@@ -433,17 +459,19 @@ def legacy_unet_pck(pred_masks, true_masks, threshold: float = 0.5, radius: floa
     return correct / n_true if n_true else float("nan")
 
 
-def legacy_inception_pck(pred, true, radius_px: float = 40) -> float:
+def legacy_inception_pck(pred, true, radius_px: float = 40, missing_truth: str = "error") -> float:
     """LEGACY — the study's InceptionResNetV2 PCK (docs/architecture.md#metrics), reproduced only for comparison.
 
     Share of same-index landmark distances strictly < ``radius_px`` (40 ROI px ≈ 10 mm at the
     nominal 0.25 mm/px). pred, true : (N, K, 2) or (K, 2) ROI pixels; a missing prediction fails.
     """
-    return float(np.mean(radial_errors(pred, true) < radius_px))
+    e = radial_errors(pred, true, missing_truth)
+    return scored_rate(e < radius_px, e)
 
 
 # ----------------------------------------------------------------------------- summary
-def summarize(pred, true, spacing_mm, pck_threshold_mm: float = 2.0, auc_max_mm: float = 4.0) -> dict:
+def summarize(pred, true, spacing_mm, pck_threshold_mm: float = 2.0, auc_max_mm: float = 4.0,
+              missing_truth: str = "error") -> dict:
     """One dict of the headline landmark metrics, JSON-serialisable (Python floats/ints).
 
     pred, true : (N, K, 2) or (K, 2) pixels; spacing_mm : scalar or (N,) mm per pixel.
@@ -454,9 +482,10 @@ def summarize(pred, true, spacing_mm, pck_threshold_mm: float = 2.0, auc_max_mm:
     ``sd_px``), ``sdr`` {"2.0","2.5","3.0","4.0": fraction}, ``pck`` (fraction ≤
     ``pck_threshold_mm`` mm) with ``pck_threshold_mm``, ``pck_auc`` (normalised area on
     [0, ``auc_max_mm``] mm) with ``auc_max_mm``, ``coordinate_mae`` (px), ``spacing_mm``
-    (mean spacing). A value that cannot be computed (e.g. every prediction missing) is None.
+    (mean spacing), ``n_scored`` (landmarks with a ground truth; all of them unless
+    ``missing_truth="skip"``). A value that cannot be computed (e.g. every prediction missing) is None.
     """
-    e = radial_errors(pred, true)
+    e = radial_errors(pred, true, missing_truth)
     px = mre(e)
     mm = mre(e, spacing_mm)
     s = _check_spacing(spacing_mm, e.shape[0])
@@ -464,9 +493,10 @@ def summarize(pred, true, spacing_mm, pck_threshold_mm: float = 2.0, auc_max_mm:
         n_images=int(e.shape[0]),
         n_landmarks=int(e.shape[1]),
         n_missing=int(px["n_missing"]),
+        n_scored=int(np.sum(~np.isnan(e))),
         mre_px=json_float(px["mean"]),
         mre_mm=json_float(mm["mean"]),
-        validation_mre_px=json_float(validation_mre(e)),
+        validation_mre_px=json_float(validation_mre(e[~np.isnan(e)])),
         sd=json_float(mm["sd"]),
         sd_px=json_float(px["sd"]),
         sdr=sdr(e, SDR_RADII_MM, spacing_mm),
@@ -474,6 +504,6 @@ def summarize(pred, true, spacing_mm, pck_threshold_mm: float = 2.0, auc_max_mm:
         pck_threshold_mm=float(pck_threshold_mm),
         pck_auc=pck_auc(e, auc_max_mm, unit="mm", spacing_mm=spacing_mm),
         auc_max_mm=float(auc_max_mm),
-        coordinate_mae=json_float(coordinate_mae(pred, true)),
+        coordinate_mae=json_float(coordinate_mae(pred, true, missing_truth)),
         spacing_mm=float(np.mean(s)),
     )

@@ -37,6 +37,18 @@ class Prediction:
     preprocessed: Preprocessed = field(repr=False)
     ms: dict
     model: str
+    # --- auto ROI, millimetres, plausibility (cvs_core.roi) ---
+    spacing_mm: float | None = None  # mm per input-image pixel (DICOM header or the user's value)
+    roi_result: object = field(default=None, repr=False)  # roi.RoiResult when roi="auto"
+    fit_ok: bool = True  # False: implausible C2–C4 outline or low confidence — do not trust the stage
+    fit_quality: float = float("nan")  # mean landmark confidence in [0, 1] (NaN for regression models)
+    fit_message: str = ""
+
+    @property
+    def landmarks_mm(self) -> np.ndarray | None:
+        """``(19, 2)`` landmarks in mm from the input image's top-left pixel centre, or None without
+        a pixel spacing."""
+        return None if self.spacing_mm is None else self.landmarks * float(self.spacing_mm)
 
     def to_json_dict(self) -> dict:
         """Landmarks ``[[x, y], …]`` and confidences rounded to 0.001 (null where missing), timings."""
@@ -48,6 +60,7 @@ class Prediction:
             "model": self.model,
             "ms": round(self.ms["total"], 2),
             "timings_ms": to_jsonable(self.ms, 2),
+            **self._extra_json(),
         }
 
     def to_text(self) -> str:
@@ -59,9 +72,31 @@ class Prediction:
             return f"{v:{width}.{digits}f}" if np.isfinite(v) else "—".rjust(width)
 
         lines = [f"model {self.model}  ({self.ms['total']:.1f} ms)"]
-        for name, (x, y), c in zip(NAMES, self.landmarks, np.ravel(self.confidence)):
-            lines.append(f"{name:6s} x={num(x, 8, 2)} y={num(y, 8, 2)} conf={num(c, 5, 3)}")
+        if self.roi_result is not None:
+            r = self.roi_result.to_json_dict()
+            lines.append(f"auto ROI box {r['box']} (confidence {r['confidence']:.2f}"
+                         f"{', mirrored' if r['mirrored'] else ''})")
+        mm = self.landmarks_mm
+        for k, (name, (x, y), c) in enumerate(zip(NAMES, self.landmarks, np.ravel(self.confidence))):
+            line = f"{name:6s} x={num(x, 8, 2)} y={num(y, 8, 2)} conf={num(c, 5, 3)}"
+            if mm is not None:
+                line += f"  ({num(mm[k, 0], 7, 2)}, {num(mm[k, 1], 7, 2)}) mm"
+            lines.append(line)
+        if self.fit_message:
+            lines.append(("" if self.fit_ok else "WARNING: ") + self.fit_message)
         return "\n".join(lines)
+
+    def _extra_json(self) -> dict:
+        from cvs_core.fileio import to_jsonable
+
+        out = {"fit": {"ok": bool(self.fit_ok), "quality": None if not np.isfinite(self.fit_quality)
+                       else round(float(self.fit_quality), 4), "message": self.fit_message}}
+        if self.spacing_mm is not None:
+            out["spacing_mm"] = float(self.spacing_mm)
+            out["landmarks_mm"] = to_jsonable(self.landmarks_mm, 4)
+        if self.roi_result is not None:
+            out["roi"] = self.roi_result.to_json_dict()
+        return out
 
     def response_map_roi(self) -> np.ndarray | None:
         """The mask, or the max over the 19 heatmaps, warped onto the ROI: ``(H_roi, W_roi)`` in [0, 1].
@@ -95,7 +130,7 @@ def configure_for_interactive_use() -> None:
 
 
 def _roi_override(config: PreprocessConfig, roi) -> PreprocessConfig:
-    if roi is None:
+    if roi is None or roi == "auto":  # "auto": the ROI is cut by cvs_core.roi before preprocessing
         return config
     scale = SEED_ROI_SCALE if roi == "seed" else 1.0
     return config.replace(roi=roi, roi_scale=scale)
@@ -153,15 +188,39 @@ class Predictor:
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return self._worker.submit(lambda: np.asarray(self._call(batch), dtype=np.float32)).result()
 
-    def predict(self, image: np.ndarray, roi=None) -> Prediction:
-        """One greyscale image ``(H, W)`` → :class:`Prediction`. ``roi`` overrides the manifest's."""
-        return self.predict_batch([image], roi=roi)[0]
+    def predict(self, image: np.ndarray, roi=None, spacing_mm: float | None = None) -> Prediction:
+        """One greyscale image ``(H, W)`` → :class:`Prediction`. ``roi`` overrides the manifest's
+        (``"auto"``: find C2–C4 in a full cephalogram, :mod:`cvs_core.roi`); ``spacing_mm`` (mm per
+        input pixel) gives ``landmarks_mm`` and fixes the auto ROI's scale."""
+        return self.predict_batch([image], roi=roi, spacing_mm=spacing_mm)[0]
 
-    def predict_batch(self, images: list[np.ndarray], roi=None) -> list[Prediction]:
+    def auto_roi(self):
+        """The :class:`~cvs_core.roi.AutoRoi` finder (this model when it is a heatmap U-Net, else the
+        shipped ``unet_heatmap``), created once."""
+        finder = getattr(self, "_auto_roi", None)
+        if finder is None:
+            from cvs_core.roi import AutoRoi, default_localizer
+
+            finder = self._auto_roi = AutoRoi(self if self.codec.kind == "heatmap" else default_localizer())
+        return finder
+
+    def predict_batch(self, images: list[np.ndarray], roi=None, spacing_mm: float | None = None) -> list[Prediction]:
         """Several greyscale images → predictions, one model call for the whole batch."""
-        config = _roi_override(self.config, roi)
+        from cvs_core.roi import RoiResult, fit_check, preprocess_with_roi
+
+        if spacing_mm is not None and not (np.isfinite(spacing_mm) and spacing_mm > 0):
+            raise ValueError(f"pixel spacing must be > 0 mm/px, got {spacing_mm}")
+        config = self.config if isinstance(roi, RoiResult) else _roi_override(self.config, roi)
         t0 = time.perf_counter()
-        pres = [preprocess(img, config) for img in images]
+        if roi == "auto":
+            found = [self.auto_roi().find(img, spacing_mm) for img in images]
+        elif isinstance(roi, RoiResult):  # a placed ROI (roi.roi_around: a box drawn or derived by hand)
+            found = [roi] * len(images)
+        else:
+            found = [None] * len(images)
+        t_roi = time.perf_counter()
+        pres = [preprocess(img, config) if f is None else preprocess_with_roi(img, f, config)
+                for img, f in zip(images, found)]
         t1 = time.perf_counter()
         raw = self._run(np.stack([p.image for p in pres]))
         t2 = time.perf_counter()
@@ -169,9 +228,15 @@ class Predictor:
         t3 = time.perf_counter()
         n = len(images)
         out = []
-        for pre, r, (pts_model, conf) in zip(pres, raw, decoded):
+        for pre, r, (pts_model, conf), f in zip(pres, raw, decoded, found):
             ms = {"preprocess": (t1 - t0) * 1e3 / n, "inference": (t2 - t1) * 1e3 / n,
                   "decode": (t3 - t2) * 1e3 / n, "total": (t3 - t0) * 1e3 / n}
-            out.append(Prediction(landmarks=pre.to_original(pts_model), landmarks_roi=pre.model_to_roi(pts_model),
-                                  confidence=conf, raw=r, preprocessed=pre, ms=ms, model=self.name))
+            if f is not None:
+                ms["auto_roi"] = (t_roi - t0) * 1e3 / n
+            pts_roi = pre.model_to_roi(pts_model)
+            ok, quality, message = fit_check(pts_roi, conf, f)
+            out.append(Prediction(landmarks=pre.to_original(pts_model), landmarks_roi=pts_roi,
+                                  confidence=conf, raw=r, preprocessed=pre, ms=ms, model=self.name,
+                                  spacing_mm=None if spacing_mm is None else float(spacing_mm), roi_result=f,
+                                  fit_ok=ok, fit_quality=quality, fit_message=message))
         return out
