@@ -92,10 +92,15 @@ class Predictor:
     """A loaded model folder. Thread-safe; loads and warms up once.
 
     ``predict(image)`` takes a greyscale ``(H, W)`` array (uint8, or wider and range-scaled).
+    ``engine`` picks the runtime of the model call (:data:`cvs_core.engines.ENGINES`): ``"tf"``
+    (default), ``"tf-xla"``, ``"onnx"`` (ONNX Runtime) or ``"openvino"``; see :mod:`cvs_core.engines`.
     """
 
-    def __init__(self, folder: Path, warmup: bool = True):
+    def __init__(self, folder: Path, warmup: bool = True, engine: str = "tf"):
+        from cvs_core.engines import check_engine
+
         self.folder = Path(folder)
+        self.engine = check_engine(engine)  # EngineError (a ValueError) for an unknown/unavailable one
         self.manifest = read_manifest(self.folder)
         self.name = self.manifest.get("name", self.folder.name)
         self.config = PreprocessConfig.from_dict(self.manifest["preprocess"])
@@ -110,8 +115,8 @@ class Predictor:
             self._run(np.zeros(shape, np.float32))
 
     @classmethod
-    def load(cls, name_or_dir: str | Path, warmup: bool = True) -> "Predictor":
-        return cls(resolve_model(name_or_dir), warmup=warmup)
+    def load(cls, name_or_dir: str | Path, warmup: bool = True, engine: str = "tf") -> "Predictor":
+        return cls(resolve_model(name_or_dir), warmup=warmup, engine=engine)
 
     @property
     def family(self) -> str:
@@ -119,6 +124,11 @@ class Predictor:
 
     def _compile(self):
         import keras
+
+        if self.engine != "tf":
+            from cvs_core.engines import make_runner
+
+            return make_runner(self.engine, self.model, self.folder)
 
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
