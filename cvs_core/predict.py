@@ -88,6 +88,10 @@ def _roi_override(config: PreprocessConfig, roi) -> PreprocessConfig:
     return config.replace(roi=roi, roi_scale=scale)
 
 
+# Background model loads (Predictor.load_async); its thread starts on the first submit.
+_LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvs-load")
+
+
 class Predictor:
     """A loaded model folder. Thread-safe; loads and warms up once.
 
@@ -117,6 +121,14 @@ class Predictor:
     @classmethod
     def load(cls, name_or_dir: str | Path, warmup: bool = True, engine: str = "tf") -> "Predictor":
         return cls(resolve_model(name_or_dir), warmup=warmup, engine=engine)
+
+    @classmethod
+    def load_async(cls, name_or_dir: str | Path, warmup: bool = True, engine: str = "tf"):
+        """Start loading (and warming up) a model on a background thread; returns a
+        ``concurrent.futures.Future`` whose ``result()`` is the :class:`Predictor` (or raises the
+        load's error, e.g. ``ModelError``). Loads queue on one shared thread, one at a time, so two
+        models do not fight for the cores; poll ``future.done()`` to show progress meanwhile."""
+        return _LOADER.submit(cls.load, name_or_dir, warmup, engine)
 
     @property
     def family(self) -> str:

@@ -106,3 +106,15 @@ def test_streamlit_patch_keeps_the_keras_session(monkeypatch):
     assert keep_tf_kernels_across_reruns() is True  # idempotent
     script_runner._clean_problem_modules()
     assert calls == [1]
+
+
+def test_load_async_returns_a_future_predictor(model_copy, images, tf_predictor):
+    future = Predictor.load_async(model_copy)
+    pred = future.result(timeout=300)
+    assert isinstance(pred, Predictor)
+    assert np.allclose(pred.predict(images[0]).raw, tf_predictor.predict(images[0]).raw, atol=1e-6)
+    bad = Predictor.load_async(model_copy / "missing")
+    from cvs_core.registry import ModelError
+
+    with pytest.raises(ModelError, match="no model named"):
+        bad.result(timeout=60)
