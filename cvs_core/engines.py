@@ -169,6 +169,21 @@ def openvino_runner(onnx_path: Path, threads: int | None = None) -> Runner:
     return run
 
 
+def default_max_batch() -> int:
+    """The largest batch a model call gets by default (0 = no limit): 2 on a CPU-only TensorFlow.
+
+    Measured on the 2-core machine (docs/benchmarks.md): per image, batches of 8 took 1.3–2× as long
+    as batches of 1–2 for both demo models (activations of several 384×160 images overflow the
+    caches); on a GPU large batches win, so there is no limit."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return 0
+    import tensorflow as tf
+
+    return 0 if tf.config.list_physical_devices("GPU") else 2
+
+
 def make_runner(engine: str, model, folder: Path) -> Runner:
     """A runner for ``engine`` (see :data:`ENGINES`) on a loaded Keras model from ``folder``.
 

@@ -118,3 +118,19 @@ def test_load_async_returns_a_future_predictor(model_copy, images, tf_predictor)
 
     with pytest.raises(ModelError, match="no model named"):
         bad.result(timeout=60)
+
+
+def test_large_batches_run_in_chunks_with_the_same_output(model_copy, images, tf_predictor):
+    whole = Predictor(model_copy, max_batch=0)
+    chunked = Predictor(model_copy, max_batch=2)
+    calls = []
+    inner = chunked._call
+    chunked._call = lambda x: calls.append(len(x)) or inner(x)
+    five = images + images[:2]
+    a = [p.raw for p in whole.predict_batch(five)]
+    b = [p.raw for p in chunked.predict_batch(five)]
+    assert calls == [2, 2, 1]
+    assert np.allclose(a, b, atol=1e-5)
+    from cvs_core.engines import default_max_batch
+
+    assert tf_predictor.max_batch == default_max_batch() in (0, 2)  # 2 on a CPU-only TensorFlow
