@@ -116,11 +116,13 @@ class Prediction:
 def configure_for_interactive_use() -> None:
     """Turn off TensorFlow's graph optimiser (Grappler) for this process.
 
-    Inside a Streamlit server the first model call of every script run re-instantiates the
-    compiled graph (cause not found; measured with AppTest and in a browser), which with Grappler
-    costs ≈ 1.4 s for InceptionResNetV2 on 2 cores and without it ≈ 0.5 s, while steady-state
-    latency is the same (134 vs 131 ms). Call once, before loading models, in interactive servers
-    only; training keeps the optimiser."""
+    Inside a Streamlit server the first model call of every script run used to re-instantiate the
+    compiled graph: Streamlit calls ``keras.backend.clear_session()`` after every script run, which
+    empties TensorFlow's kernel cache (see ``docs/benchmarks.md``; the app must stop that). Each
+    instantiation costs ≈ 1.4 s for InceptionResNetV2 on 2 cores with Grappler and ≈ 0.5 s without,
+    so turning it off still shortens the warm-up at load time, while steady-state latency is the
+    same (134 vs 131 ms). Call once, before loading models, in interactive servers only; training
+    keeps the optimiser."""
     import keras
 
     if keras.backend.backend() == "tensorflow":
@@ -136,14 +138,26 @@ def _roi_override(config: PreprocessConfig, roi) -> PreprocessConfig:
     return config.replace(roi=roi, roi_scale=scale)
 
 
+# Background model loads (Predictor.load_async); its thread starts on the first submit.
+_LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvs-load")
+
+
 class Predictor:
     """A loaded model folder. Thread-safe; loads and warms up once.
 
     ``predict(image)`` takes a greyscale ``(H, W)`` array (uint8, or wider and range-scaled).
+    ``engine`` picks the runtime of the model call (:data:`cvs_core.engines.ENGINES`): ``"tf"``
+    (default), ``"tf-xla"``, ``"onnx"`` (ONNX Runtime) or ``"openvino"``; see :mod:`cvs_core.engines`.
+    ``max_batch``: larger batches are fed to the model in chunks of at most this many images
+    (default :func:`cvs_core.engines.default_max_batch`: 2 on a CPU-only TensorFlow, else no limit).
     """
 
-    def __init__(self, folder: Path, warmup: bool = True):
+    def __init__(self, folder: Path, warmup: bool = True, engine: str = "tf", max_batch: int | None = None):
+        from cvs_core.engines import check_engine, default_max_batch
+
         self.folder = Path(folder)
+        self.engine = check_engine(engine)  # EngineError (a ValueError) for an unknown/unavailable one
+        self.max_batch = default_max_batch() if max_batch is None else int(max_batch)
         self.manifest = read_manifest(self.folder)
         self.name = self.manifest.get("name", self.folder.name)
         self.config = PreprocessConfig.from_dict(self.manifest["preprocess"])
@@ -158,8 +172,17 @@ class Predictor:
             self._run(np.zeros(shape, np.float32))
 
     @classmethod
-    def load(cls, name_or_dir: str | Path, warmup: bool = True) -> "Predictor":
-        return cls(resolve_model(name_or_dir), warmup=warmup)
+    def load(cls, name_or_dir: str | Path, warmup: bool = True, engine: str = "tf",
+             max_batch: int | None = None) -> "Predictor":
+        return cls(resolve_model(name_or_dir), warmup=warmup, engine=engine, max_batch=max_batch)
+
+    @classmethod
+    def load_async(cls, name_or_dir: str | Path, warmup: bool = True, engine: str = "tf"):
+        """Start loading (and warming up) a model on a background thread; returns a
+        ``concurrent.futures.Future`` whose ``result()`` is the :class:`Predictor` (or raises the
+        load's error, e.g. ``ModelError``). Loads queue on one shared thread, one at a time, so two
+        models do not fight for the cores; poll ``future.done()`` to show progress meanwhile."""
+        return _LOADER.submit(cls.load, name_or_dir, warmup, engine)
 
     @property
     def family(self) -> str:
@@ -170,6 +193,11 @@ class Predictor:
 
     def _compile(self):
         import keras
+
+        if self.engine != "tf":
+            from cvs_core.engines import make_runner
+
+            return make_runner(self.engine, self.model, self.folder)
 
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
@@ -186,7 +214,14 @@ class Predictor:
         return self.model.predict_on_batch  # compiled (jit) by Keras on the other backends
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        return self._worker.submit(lambda: np.asarray(self._call(batch), dtype=np.float32)).result()
+        """``(N, H, W, C)`` float32 → the model's output for the batch, in chunks of ``max_batch``."""
+        step = max(1, self.max_batch or len(batch))
+
+        def call():
+            parts = [np.asarray(self._call(batch[i:i + step]), dtype=np.float32) for i in range(0, len(batch), step)]
+            return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+        return self._worker.submit(call).result()
 
     def predict(self, image: np.ndarray, roi=None, spacing_mm: float | None = None) -> Prediction:
         """One greyscale image ``(H, W)`` → :class:`Prediction`. ``roi`` overrides the manifest's
