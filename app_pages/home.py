@@ -1,7 +1,7 @@
 """Home: what the app does, a picture, links to each page, caveats."""
 import streamlit as st
 
-from pages import ui
+from app_pages import ui
 
 ui.page_header("CVS Staging Lab",
                "Cervical vertebral maturation from lateral cephalograms — 19 landmarks on C2–C4, "
@@ -27,15 +27,15 @@ coordinates directly):
     )
     st.markdown("#### Pages")
     links = [
-        ("pages/compare.py", "Compare", ":material/compare:",
+        ("app_pages/compare.py", "Compare", ":material/compare:",
          "both models on a sample, a phantom or your image; overlay, table, stage, downloads"),
-        ("pages/clahe_lab.py", "CLAHE lab", ":material/tune:",
+        ("app_pages/clahe_lab.py", "CLAHE lab", ":material/tune:",
          "contrast settings before/after, histograms, live re-prediction"),
-        ("pages/evaluation.py", "PCK evaluation", ":material/query_stats:",
+        ("app_pages/evaluation.py", "PCK evaluation", ":material/query_stats:",
          "dataset metrics with an instant threshold slider, worst-image gallery"),
-        ("pages/training.py", "Training", ":material/model_training:",
+        ("app_pages/training.py", "Training", ":material/model_training:",
          "background training runs with live curves, cancel, register"),
-        ("pages/models.py", "Models", ":material/deployed_code:",
+        ("app_pages/models.py", "Models", ":material/deployed_code:",
          "manifests, metrics, upload a .keras / study .h5, delete"),
     ]
     for path, label, icon, what in links:
