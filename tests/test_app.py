@@ -425,3 +425,28 @@ def test_pages_import_neither_numpy_nor_cv2():
             offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("numpy", "cv2")]
     assert not offenders, offenders
     assert not (ROOT / "pages").exists(), "a pages/ folder switches on Streamlit's automatic page discovery"
+
+
+def test_forgetting_a_model_frees_it_despite_the_frozen_heap(home):
+    """ui.refreeze_heap keeps slider reruns fast with gc.freeze, and unfreezes on every load/unload,
+    so a deleted or evicted model is collected (a plain gc.freeze would keep it forever)."""
+    import gc
+    import importlib
+    import json
+    import shutil
+    import weakref
+
+    from cvs_core import registry
+
+    ui = importlib.import_module(f"{PAGES}.ui")
+    dst = registry.user_models_dir() / "freeable"
+    shutil.copytree(registry.user_models_dir() / "mean_shape", dst)
+    man = json.loads((dst / "manifest.json").read_text())
+    man["name"] = "freeable"
+    (dst / "manifest.json").write_text(json.dumps(man))
+    version = ui.model_version("freeable")
+    model = weakref.ref(ui._load_predictor("freeable", version).model)
+    assert model() is not None and gc.get_freeze_count() > 0
+    registry.delete_model("freeable")
+    ui.forget_model("freeable", version)
+    assert model() is None, "the deleted model is still in memory"
