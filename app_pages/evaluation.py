@@ -192,13 +192,10 @@ st.subheader("Metrics next to the study's table")
 ours = pck_view.metrics_table(scores)
 pct = {c: st.column_config.NumberColumn(c, format="percent") for c in pck_view.PERCENT_COLUMNS}
 num = {c: st.column_config.NumberColumn(c, format="%.3f") for c in pck_view.NUMBER_COLUMNS}
-t1, t2 = st.columns([1.6, 1])
-with t1:
-    st.markdown("**This evaluation**")
-    st.dataframe(ours, hide_index=True, width="stretch", column_config={**pct, **num})
-with t2:
-    st.markdown("**The study reported** (400 private images)")
-    st.dataframe(viz.STUDY_TABLE, hide_index=True, width="stretch")
+st.markdown("**This evaluation**")
+st.dataframe(ours, hide_index=True, width="stretch", column_config={**pct, **num})
+st.markdown("**The study reported** (400 private images)")
+st.dataframe(viz.STUDY_TABLE, hide_index=True, width="stretch")
 st.caption("The study's PCKs are *legacy* definitions, reproduced here only to compare: the U-Net one ignores "
            "landmark identity (a predicted blob within 5 px of any true blob) and can exceed 100 %; the "
            "Inception one counts a landmark within 40 ROI px (≈ 10 mm). Dice and Dice loss are computed on the "

@@ -8,7 +8,7 @@ ui.page_header("CVS Staging Lab",
                "two deep-learning approaches side by side, and the CS1–CS6 stage they imply.",
                ":material/skeleton:")
 
-left, right = st.columns([1.35, 1], gap="large")
+left, right = st.columns([1.05, 1], gap="large")  # the figure wide enough to read its labels
 with left:
     st.markdown(
         """

@@ -48,7 +48,7 @@ else:
     pick = st.selectbox("Model", [m.name for m in infos], key="models_pick")
     info = next(m for m in infos if m.name == pick)
     man = info.manifest
-    c1, c2 = st.columns([1, 1.3], gap="large")
+    c1, c2 = st.container(), st.container()  # full width: the manifest's JSON lines need it
     with c1:
         training = man.get("training") or {}
         data = training.get("data") or {}

@@ -46,9 +46,9 @@ with st.expander("Start a new run", expanded=not runs.list_runs(), icon=":materi
             lr = st.number_input("Learning rate", 1e-6, 1.0, format="%.0e", step=1e-4, key="tr_lr",
                                  help=f"preset default {d['lr']:g}")
             batch = st.number_input("Batch size", 1, 256, key="tr_batch", help=f"preset default {d['batch_size']}")
-            augment = st.toggle("Augmentation (rotation, scale, shift, gamma, noise)", key="tr_augment")
+            augment = st.toggle("Augmentation", key="tr_augment", help="Random rotation, scale, shift, gamma and noise.")
             lab = ss.get("lab_preprocess")
-            use_lab = st.toggle("Preprocessing from the CLAHE lab", False, key="tr_use_lab", disabled=not lab,
+            use_lab = st.toggle("CLAHE-lab preprocessing", False, key="tr_use_lab", disabled=not lab,
                                 help=(f"{lab}" if lab else "Press 'Use these settings' in the CLAHE lab first."))
         submitted = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
 

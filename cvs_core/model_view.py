@@ -33,8 +33,7 @@ def weights_checksum(manifest: dict) -> str:
     files = packed.get("files") or []
     if files:
         first = files[0].get("sha256", "")[:16]
-        return (f"packed {packed.get('scheme', '')} weights in {len(files)} parts (first `{first}…`); the "
-                "model.keras rebuilt from them is checked against the parts' sha256")
+        return f"packed {packed.get('scheme', '')} weights in {len(files)} parts (sha256 of the first: `{first}…`)"
     return "not recorded"
 
 
