@@ -276,17 +276,20 @@ with tab_export:
     base = inp.name.rsplit(".", 1)[0]
     st.markdown("**Landmarks (study CSV format)** — coordinates in the frame of the input image "
                 f"`{inp.name}`" + (" (full cephalogram)" if inp.kind == "full" else ""))
-    ecols = st.columns(len(preds) + 2)
+    ecols = st.columns(len(preds) + 3)
     for col, m in zip(ecols, preds):
         col.download_button(f"{m}.csv", comp.landmarks_csv(m, preds), file_name=f"{base}_{m}.csv",
                             mime="text/csv", icon=":material/table:", on_click="ignore", key=f"dl_csv_{m}")
     overlay = viz.overlay_png(roi_image, overlay_layers,
                               response=preds[heat_model].response_map_roi() if heat_model and opacity > 0 else None,
                               response_opacity=opacity)
-    ecols[-2].download_button("overlay.png", overlay, file_name=f"{base}_overlay.png", mime="image/png",
+    ecols[-3].download_button("overlay.png", overlay, file_name=f"{base}_overlay.png", mime="image/png",
                               icon=":material/image:", on_click="ignore", key="dl_png")
     report = comp.report(preds, CAVEAT)
-    ecols[-1].download_button("report.json", json.dumps(report, indent=2), file_name=f"{base}_report.json",
+    ecols[-2].download_button("report.json", json.dumps(report, indent=2), file_name=f"{base}_report.json",
                               mime="application/json", icon=":material/data_object:", on_click="ignore",
                               key="dl_json")
+    ecols[-1].download_button("report.html", comp.html_report(overlay, CAVEAT), file_name=f"{base}_report.html",
+                              mime="text/html", icon=":material/description:", on_click="ignore", key="dl_html",
+                              help="One self-contained page; print it to PDF from the browser.")
     st.image(overlay, caption="overlay.png preview", width=260)

@@ -87,6 +87,11 @@ any_active = any(r["status"] in runs.ACTIVE for r in all_runs)
 shown_status = {r["id"]: r["status"] for r in all_runs}
 
 
+@st.cache_data(show_spinner=False)
+def _baseline() -> float:
+    return tr.mean_shape_baseline_px()
+
+
 @st.fragment(run_every=2 if any_active else None)
 def run_panel(run_id: str, was_active: bool):
     try:
@@ -138,6 +143,8 @@ def run_panel(run_id: str, was_active: bool):
         if len(df):
             st.plotly_chart(viz.training_curves_figure(df), key=f"curves_{run_id}",
                             config={"displayModeBar": False})
+            st.caption(f"Baseline: always answering the mean shape scores {_baseline():.1f} px MRE on phantoms; a "
+                       "model below that has learnt something from the image.")
         else:
             st.caption("Curves appear after the first epoch.")
     with right:

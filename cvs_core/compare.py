@@ -215,6 +215,40 @@ class Comparison:
         report["caveat"] = caveat
         return report
 
+    def html_report(self, overlay_png: bytes, caveat: str) -> str:
+        """A one-page, self-contained HTML report: the overlay, each model's stage and errors, the
+        per-landmark table, the spacing and the caveat (print it to PDF from the browser)."""
+        import base64
+        import html
+
+        esc = html.escape
+        inp = self.input
+        cards = []
+        for m, r in self.models.items():
+            stage = (f"<b>{esc(r.stage.label)}</b> ({esc(r.stage.confidence_level)} fit) — {esc(r.stage.rationale)}"
+                     if r.stage is not None else f"no stage: {esc(str(r.stage_error))}")
+            err = ""
+            if r.summary is not None and r.summary.get("mre_mm") is not None:
+                err = f"<br>MRE {r.summary['mre_mm']:.2f} mm ({r.summary['mre_px']:.1f} ROI px)"
+            cards.append(f"<li><b>{esc(m)}</b> · {esc(r.codec_kind)} · {r.n_found}/19 landmarks · {r.ms:.0f} ms"
+                         f"<br>{stage}{err}</li>")
+        if self.truth_stage is not None:
+            cards.append(f"<li><b>ground truth</b>: {esc(self.truth_stage.label)}</li>")
+        warnings = "".join(f"<p class='warn'>{esc(w)}</p>" for w in self.warnings)
+        img = base64.b64encode(overlay_png).decode()
+        return f"""<!doctype html><html><head><meta charset="utf-8"><title>CVS comparison · {esc(inp.name)}</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}
+.row{{display:flex;gap:2em}} img{{max-height:640px}} table{{border-collapse:collapse;font-size:12px}}
+td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}} .warn{{color:#a15c00}}
+.caveat{{font-size:13px;color:#555}}</style></head><body>
+<h1>CVS comparison: {esc(inp.name)}</h1>
+<p>{esc(inp.source)} · {esc(inp.kind)} · {inp.image.shape[1]}×{inp.image.shape[0]} px · ROI
+{self.roi_image.shape[1]}×{self.roi_image.shape[0]} px at {self.roi_spacing_mm:.4g} mm/px ({esc(inp.spacing_source())})</p>
+{warnings}<div class="row"><img src="data:image/png;base64,{img}" alt="overlay"><ul>{''.join(cards)}</ul></div>
+<p class="caveat">{esc(caveat)}</p>
+<h2>Landmarks (ROI px)</h2>{self.table.to_html(index=False, na_rep="—")}
+</body></html>"""
+
     def landmarks_csv(self, model: str, predictions: dict) -> str:
         """One model's landmarks as a study CSV row in the uploaded file's pixel frame."""
         from cvs_core.annotations import format_annotations

@@ -110,7 +110,7 @@ def test_compare_sample_two_models_and_stage(home):
     assert len(_landmark_table(at)) == 19
     # downloads exist
     labels = [b.label for b in at.get("download_button")]
-    assert any(lbl.endswith(".csv") for lbl in labels) and "overlay.png" in labels and "report.json" in labels
+    assert any(lbl.endswith(".csv") for lbl in labels) and "overlay.png" in labels and "report.json" in labels and "report.html" in labels
 
 
 def test_compare_phantom_shows_generated_stage(home):

@@ -158,3 +158,21 @@ def test_pck_tables(tiny_model_dir):
     assert len(worst) == 2 and worst[0]["caption"].startswith(worst[0]["image_name"])
     assert pck_view.curve_grid("mm", 2.0)[-1] == 6.0
     assert "tiny" in pck_view.summary_json({"tiny": sc})
+
+
+def test_html_report_is_one_self_contained_page():
+    img = np.full((600, 250), 90, np.uint8)
+    mean = np.asarray(MEAN_SHAPE_ROI, np.float64)
+    inp = compare.InputImage(image=img, name="<x>.png", kind="roi", source="upload", key="k", truth=mean.copy())
+    comp = compare.analyse(inp, {"a": _prediction(img, mean)}, {"a": "heatmap"}, "none")
+    page = comp.html_report(b"\x89PNG fake", "the caveat")
+    assert page.startswith("<!doctype html>") and "data:image/png;base64," in page
+    assert "&lt;x&gt;.png" in page and "<x>.png" not in page  # names are escaped
+    assert comp.models["a"].stage.label in page and "the caveat" in page and page.count("<tr") == 20  # header + 19 landmarks
+
+
+def test_mean_shape_baseline_is_a_real_error():
+    from cvs_core.train_request import mean_shape_baseline_px
+
+    b = mean_shape_baseline_px(n=4)
+    assert 3.0 < b < 200.0  # phantoms vary: the mean shape is off by some pixels, never by a whole ROI
