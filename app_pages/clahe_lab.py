@@ -90,16 +90,21 @@ def lab(src, kind: str, src_key: str):
     res = lablib.lab_view(src, settings, DISPLAY_MAX_SIDE, before_display=before)
 
     with view:
+        zoom = st.toggle("Magnify C2–C4", False, key="lab_zoom",
+                         help="Show only the region of the three vertebrae (where the landmarks are).")
+        box = lablib.vertebra_box(kind, res.before.shape) if zoom else None
         c1, c2, c3 = st.columns(3)
         with c1.container(key="lab_before"):
-            st.image(before_jpeg, caption="before", width="stretch")
+            st.image(viz.encode_image(lablib.crop(res.before, box), "jpeg", 85) if zoom else before_jpeg,
+                     caption="before", width="stretch")
         with c2.container(key="lab_after"):
             shown = lablib.draw_tile_grid(res.after, int(tile)) if show_grid and clahe_on else res.after
-            st.image(viz.encode_image(shown, "jpeg", 85), caption="after" + (f" · {int(tile)}×{int(tile)} tiles"
-                     if show_grid and clahe_on else ""), width="stretch")
-        with c3.container(key="lab_diff"):
-            st.image(viz.encode_image(res.diff, "jpeg", 85), caption="difference (orange brighter, blue darker)",
+            st.image(viz.encode_image(lablib.crop(shown, box) if zoom else shown, "jpeg", 85),
+                     caption="after" + (f" · {int(tile)}×{int(tile)} tiles" if show_grid and clahe_on else ""),
                      width="stretch")
+        with c3.container(key="lab_diff"):
+            st.image(viz.encode_image(lablib.crop(res.diff, box) if zoom else res.diff, "jpeg", 85),
+                     caption="difference (orange brighter, blue darker)", width="stretch")
         m1, m2, m3, m4 = st.columns(4)
         m1.metric("filter time", f"{res.ms_filter:.1f} ms",
                   help=f"CLAHE{' + bilateral' if bil_on else ''} at full resolution ({src.shape[1]}×{src.shape[0]} px)")

@@ -98,3 +98,31 @@ def mean_shift_px(a: np.ndarray, b: np.ndarray) -> float:
 def filtered(image: np.ndarray, settings: dict) -> np.ndarray:
     """``image`` ``(H, W)`` uint8 with the lab's filters applied (what the model sees, before resizing)."""
     return apply_filters(image, PreprocessConfig(**settings))
+
+
+def vertebra_box(kind: str, shape: tuple[int, int], margin: float = 30.0) -> tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)`` around C2–C4 in an image of ``shape`` (H, W): the mean landmark shape's box
+    plus ``margin`` ROI px, for a ROI (``kind`` "roi", scaled to the image) or a full cephalogram
+    ("full", through the study preset's ROI affine, scaled to the image)."""
+    from cvs_core.landmarks import MEAN_SHAPE_ROI, ROI_SIZE
+    from cvs_core.preprocess import apply_affine, invert_affine, seed_roi_affine
+
+    pts = np.asarray(MEAN_SHAPE_ROI, np.float64)
+    lo, hi = pts.min(0) - margin, pts.max(0) + margin
+    corners = np.array([lo, hi])
+    h, w = shape[:2]
+    if kind == "full":
+        corners = apply_affine(invert_affine(seed_roi_affine()), corners)
+        ref_w, ref_h = 1804, 2136  # the study's full cephalograms: the preset box is in their pixels
+        corners = corners * [w / ref_w, h / ref_h]
+    else:
+        corners = corners * [w / ROI_SIZE[1], h / ROI_SIZE[0]]
+    x0, y0 = np.clip(np.floor(corners.min(0)), 0, [w - 1, h - 1]).astype(int)
+    x1, y1 = np.clip(np.ceil(corners.max(0)), [x0 + 1, y0 + 1], [w, h]).astype(int)
+    return int(x0), int(y0), int(x1), int(y1)
+
+
+def crop(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """``image[y0:y1, x0:x1]`` (greyscale or RGB) for ``box = (x0, y0, x1, y1)``."""
+    x0, y0, x1, y1 = box
+    return np.ascontiguousarray(image[y0:y1, x0:x1])

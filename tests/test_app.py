@@ -454,3 +454,16 @@ def test_forgetting_a_model_frees_it_despite_the_frozen_heap(home):
     registry.delete_model("freeable")
     ui.forget_model("freeable", version)
     assert model() is None, "the deleted model is still in memory"
+
+
+def test_clahe_lab_student_tools(home):
+    at = app(page_path("clahe_lab"))
+    assert any(m.label == "local contrast" for m in at.metric)
+    at.toggle(key="lab_grid").set_value(True).run()
+    at.toggle(key="lab_zoom").set_value(True).run()
+    assert not at.exception and not at.error
+    captions = [img.caption for el in at.get("image") for img in el.proto.imgs]
+    assert any("8×8 tiles" in c for c in captions), captions
+    assert any("clip limit" in e.label for e in at.expander)
+    at.radio(key="lab_source").set_value("Sample full cephalogram").run()
+    assert not at.exception and not at.error

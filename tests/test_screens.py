@@ -176,3 +176,15 @@ def test_mean_shape_baseline_is_a_real_error():
 
     b = mean_shape_baseline_px(n=4)
     assert 3.0 < b < 200.0  # phantoms vary: the mean shape is off by some pixels, never by a whole ROI
+
+
+def test_vertebra_box_magnifies_c2_c4():
+    from cvs_core.landmarks import MEAN_SHAPE_ROI
+
+    x0, y0, x1, y1 = lab.vertebra_box("roi", (600, 250))
+    pts = np.asarray(MEAN_SHAPE_ROI)
+    assert x0 <= pts[:, 0].min() and x1 >= pts[:, 0].max() and y0 <= pts[:, 1].min() and y1 >= pts[:, 1].max()
+    assert (x1 - x0) * (y1 - y0) < 0.7 * 600 * 250  # a real magnification
+    fx0, fy0, fx1, fy1 = lab.vertebra_box("full", (1068, 902))  # a downscaled full cephalogram
+    assert 0 <= fx0 < fx1 <= 902 and 0 <= fy0 < fy1 <= 1068 and fx1 < 902 / 2
+    assert lab.crop(np.zeros((600, 250, 3)), (x0, y0, x1, y1)).shape == (y1 - y0, x1 - x0, 3)
