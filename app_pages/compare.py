@@ -216,7 +216,9 @@ with tab_overlay:
                                 help="The U-Net's predicted mask / max over its 19 heatmaps, warped onto the ROI.")
         else:
             st.caption("No heatmap: neither model predicts a mask/heatmap.")
-        show_numbers = st.toggle("Landmark numbers", True, key="cmp_numbers")
+        numbers = st.radio("Landmark numbers", ["model A", "all", "none"], horizontal=True, key="cmp_numbers",
+                           help="Numbers of both models overlap where they agree; model A's alone are easier to read.")
+        show_numbers = {"model A": "first", "all": True, "none": False}[numbers]
         zoom = st.toggle("Zoom to the vertebrae", True, key="cmp_zoom")
         show_truth = st.toggle("Ground truth", True, key="cmp_truth", disabled=truth_layer is None)
         show_input = st.toggle("What the models see", False, key="cmp_model_input",

@@ -146,14 +146,16 @@ def _hover(layer: PointLayer) -> list[str]:
 
 def landmark_figure(image: np.ndarray, layers: list[PointLayer], response: np.ndarray | None = None,
                     response_opacity: float = 0.5, response_name: str = "heatmap",
-                    title: str | None = None, height: int = 640, show_numbers: bool = True,
+                    title: str | None = None, height: int = 640, show_numbers: bool | str = True,
                     show_outlines: bool = True, quality: int = 90, zoom_margin: float | None = None,
                     legend: bool = True) -> go.Figure:
     """The ROI image with landmark markers (number labels; name, position and confidence on hover),
     vertebra outlines (DESIGN §3) and an optional response map (``(H, W)`` in [0, 1]) on top.
     zoom_margin: when set, the initial view is the landmarks' bounding box plus this many pixels
     (the whole image stays reachable by zooming out / double-click). The view always includes
-    landmarks that fall outside the image. legend: False hides the legend (e.g. under a title)."""
+    landmarks that fall outside the image. legend: False hides the legend (e.g. under a title).
+    show_numbers: True (every model's points), "first" (only the first layer's: no overlapping labels
+    when two models agree) or False."""
     img = _to_uint8_grey_or_rgb(image)
     h, w = img.shape[:2]
     fig = go.Figure()
@@ -173,7 +175,8 @@ def landmark_figure(image: np.ndarray, layers: list[PointLayer], response: np.nd
             mode = "markers"
         else:
             marker = dict(symbol="circle", size=8, color=layer.color, line=dict(width=1, color="#111"))
-            mode = "markers+text" if show_numbers else "markers"
+            numbered = show_numbers is True or (show_numbers == "first" and layer is layers[0])
+            mode = "markers+text" if numbered else "markers"
         fig.add_trace(go.Scatter(
             x=pts[:, 0], y=pts[:, 1], mode=mode, marker=marker, name=layer.name, legendgroup=layer.name,
             text=[str(i + 1) for i in range(N_LANDMARKS)] if mode == "markers+text" else None,
