@@ -39,7 +39,7 @@ coordinates directly):
          "manifests, metrics, upload a .keras / study .h5, delete"),
     ]
     for path, label, icon, what in links:
-        c1, c2 = st.columns([0.33, 0.67], vertical_alignment="center")
+        c1, c2 = st.columns([0.42, 0.58], vertical_alignment="center")
         c1.page_link(path, label=label, icon=icon)
         c2.caption(what)
 
