@@ -24,8 +24,9 @@ REAL = [ROOT / "data" / "samples" / "roi" / f"LC ({n}).jpg" for n in (1, 2, 3, 8
 
 def _label(img: np.ndarray, text: str) -> np.ndarray:
     out = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR) if img.ndim == 2 else img.copy()
-    cv2.rectangle(out, (0, 0), (120, 26), (0, 0, 0), -1)
-    cv2.putText(out, text, (4, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
+    (tw, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 1.0, 2)
+    cv2.rectangle(out, (0, 0), (tw + 14, 38), (0, 0, 0), -1)
+    cv2.putText(out, text, (7, 28), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (255, 255, 255), 2, cv2.LINE_AA)
     return out
 
 
@@ -39,8 +40,21 @@ def _overlay(img: np.ndarray, lm: np.ndarray) -> np.ndarray:
     return out
 
 
+BG = (23, 17, 14)  # the app's dark background (BGR), so the figure has no white cells
+
+
+def _legend_tile(like: np.ndarray) -> np.ndarray:
+    """The empty sixth cell of the top row: a dark tile that says what the rows are."""
+    tile = np.empty((*like.shape[:2], 3), np.uint8)
+    tile[:] = BG
+    for k, line in enumerate(("top:", "public", "study", "ROIs", "", "bottom:", "phantoms", "CS1-CS6")):
+        cv2.putText(tile, line, (14, 60 + 44 * k), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (230, 230, 230), 2, cv2.LINE_AA)
+    return tile
+
+
 def _row(tiles: list[np.ndarray]) -> np.ndarray:
-    pad = np.full((tiles[0].shape[0], 6, 3), 255, np.uint8)
+    pad = np.empty((tiles[0].shape[0], 6, 3), np.uint8)
+    pad[:] = BG
     parts = []
     for t in tiles:
         parts += [t, pad]
@@ -53,10 +67,11 @@ def main() -> None:
     args = ap.parse_args()
     phantoms = [render_phantom(args.seed * 100 + s, stage=s) for s in range(1, 7)]
     real = [_label(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE), p.stem) for p in REAL]
-    real.append(np.full_like(real[0], 255))
+    real.append(_legend_tile(real[0]))
     fake = [_label(p.image, f"CS{p.stage}") for p in phantoms]
     top, bottom = _row(real), _row(fake)
-    gap = np.full((8, top.shape[1], 3), 255, np.uint8)
+    gap = np.empty((8, top.shape[1], 3), np.uint8)
+    gap[:] = BG
     (ROOT / "docs").mkdir(exist_ok=True)
     cv2.imwrite(str(ROOT / "docs" / "phantoms_vs_real.png"), np.vstack([top, gap, bottom]))
     lms = [_label(_overlay(p.image, p.landmarks), f"CS{p.stage}") for p in phantoms]

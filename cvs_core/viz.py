@@ -146,12 +146,16 @@ def _hover(layer: PointLayer) -> list[str]:
 
 def landmark_figure(image: np.ndarray, layers: list[PointLayer], response: np.ndarray | None = None,
                     response_opacity: float = 0.5, response_name: str = "heatmap",
-                    title: str | None = None, height: int = 640, show_numbers: bool = True,
-                    show_outlines: bool = True, quality: int = 90, zoom_margin: float | None = None) -> go.Figure:
+                    title: str | None = None, height: int = 640, show_numbers: bool | str = True,
+                    show_outlines: bool = True, quality: int = 90, zoom_margin: float | None = None,
+                    legend: bool = True) -> go.Figure:
     """The ROI image with landmark markers (number labels; name, position and confidence on hover),
     vertebra outlines (docs/architecture.md#the-19-landmarks) and an optional response map (``(H, W)`` in [0, 1]) on top.
     zoom_margin: when set, the initial view is the landmarks' bounding box plus this many pixels
-    (the whole image stays reachable by zooming out / double-click)."""
+    (the whole image stays reachable by zooming out / double-click). The view always includes
+    landmarks that fall outside the image. legend: False hides the legend (e.g. under a title).
+    show_numbers: True (every model's points), "first" (only the first layer's: no overlapping labels
+    when two models agree) or False."""
     img = _to_uint8_grey_or_rgb(image)
     h, w = img.shape[:2]
     fig = go.Figure()
@@ -171,26 +175,31 @@ def landmark_figure(image: np.ndarray, layers: list[PointLayer], response: np.nd
             mode = "markers"
         else:
             marker = dict(symbol="circle", size=8, color=layer.color, line=dict(width=1, color="#111"))
-            mode = "markers+text" if show_numbers else "markers"
+            numbered = show_numbers is True or (show_numbers == "first" and layer is layers[0])
+            mode = "markers+text" if numbered else "markers"
         fig.add_trace(go.Scatter(
             x=pts[:, 0], y=pts[:, 1], mode=mode, marker=marker, name=layer.name, legendgroup=layer.name,
             text=[str(i + 1) for i in range(N_LANDMARKS)] if mode == "markers+text" else None,
             textposition="middle left" if len(layers) < 2 or layer is layers[0] else "middle right",
             textfont=dict(size=10, color=layer.color),
             hovertext=_hover(layer), hoverinfo="text"))
-    x_range, y_range = [-0.5, w - 0.5], [h - 0.5, -0.5]
     pts_all = np.concatenate([np.asarray(lay.landmarks, np.float64) for lay in layers]) if layers else np.zeros((0, 2))
     pts_all = pts_all[np.isfinite(pts_all).all(axis=1)] if len(pts_all) else pts_all
+    # The view always includes every point, also those outside the image (padded by 12 px).
+    lo, hi = np.array([-0.5, -0.5]), np.array([w - 0.5, h - 0.5])
+    if len(pts_all):
+        lo, hi = np.minimum(lo, pts_all.min(0) - 12), np.maximum(hi, pts_all.max(0) + 12)
+    x_range, y_range = [float(lo[0]), float(hi[0])], [float(hi[1]), float(lo[1])]
     if zoom_margin is not None and len(pts_all):
-        x0, y0 = np.maximum(pts_all.min(0) - zoom_margin, -0.5)
-        x1, y1 = np.minimum(pts_all.max(0) + zoom_margin, [w - 0.5, h - 0.5])
+        x0, y0 = np.maximum(pts_all.min(0) - zoom_margin, lo)
+        x1, y1 = np.minimum(pts_all.max(0) + zoom_margin, hi)
         x_range, y_range = [float(x0), float(x1)], [float(y1), float(y0)]
     fig.update_xaxes(visible=False, range=x_range, constrain="domain")
     fig.update_yaxes(visible=False, range=y_range, scaleanchor="x", constrain="domain")
     fig.update_layout(template=TEMPLATE, height=height, margin=dict(l=0, r=0, t=36 if title else 8, b=0),
                       title=dict(text=title, x=0.01, font=dict(size=14)) if title else None,
                       legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0, bgcolor="rgba(0,0,0,0)"),
-                      dragmode="pan", hoverlabel=dict(namelength=-1), uirevision="keep")
+                      showlegend=legend, dragmode="pan", hoverlabel=dict(namelength=-1), uirevision="keep")
     return fig
 
 
@@ -203,11 +212,30 @@ def _hex_to_bgr(color: str) -> tuple[int, int, int]:
 def render_overlay(image: np.ndarray, layers: list[PointLayer], response: np.ndarray | None = None,
                    response_opacity: float = 0.5, scale: float = 2.0, legend: bool = True) -> np.ndarray:
     """The same picture as :func:`landmark_figure`, drawn with OpenCV → RGB uint8
-    ``(round(H·scale), round(W·scale), 3)``."""
+    ``(round(H'·scale), round(W'·scale), 3)``, where ``H' × W'`` is the image padded (dark grey) just
+    enough to show every landmark (``H × W`` when all lie inside)."""
     img = _to_uint8_grey_or_rgb(image)
     base = img if img.ndim == 3 else cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
     if img.ndim == 3:
         base = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    # Points outside the image: pad the canvas (dark grey) so they are drawn, not cut off.
+    pad_l = pad_t = pad_r = pad_b = 0
+    pts_all = np.concatenate([np.asarray(lay.landmarks, np.float64) for lay in layers]) if layers else np.zeros((0, 2))
+    pts_all = pts_all[np.isfinite(pts_all).all(axis=1)]
+    if len(pts_all):
+        bh, bw = base.shape[:2]
+        pad_l = int(np.ceil(max(0.0, -pts_all[:, 0].min() + 10)))
+        pad_t = int(np.ceil(max(0.0, -pts_all[:, 1].min() + 10)))
+        pad_r = int(np.ceil(max(0.0, pts_all[:, 0].max() - bw + 10)))
+        pad_b = int(np.ceil(max(0.0, pts_all[:, 1].max() - bh + 10)))
+        pad_l, pad_t, pad_r, pad_b = (0 if v <= 10 else v for v in (pad_l, pad_t, pad_r, pad_b))
+    if pad_l or pad_t or pad_r or pad_b:
+        base = cv2.copyMakeBorder(base, pad_t, pad_b, pad_l, pad_r, cv2.BORDER_CONSTANT, value=(48, 48, 48))
+        if response is not None:
+            response = cv2.copyMakeBorder(np.asarray(response, np.float32), pad_t, pad_b, pad_l, pad_r,
+                                          cv2.BORDER_CONSTANT, value=0)
+        layers = [PointLayer(lay.name, np.asarray(lay.landmarks, np.float64) + [pad_l, pad_t], lay.color,
+                             lay.confidence, lay.truth) for lay in layers]
     h, w = base.shape[:2]
     out_wh = (max(1, round(w * scale)), max(1, round(h * scale)))
     canvas = cv2.resize(base, out_wh, interpolation=cv2.INTER_CUBIC).astype(np.float32)
@@ -249,6 +277,10 @@ def render_overlay(image: np.ndarray, layers: list[PointLayer], response: np.nda
                             0.32 * scale, color, 1, cv2.LINE_AA)
     if legend and layers:
         y = 8
+        box_w = 34 + max(cv2.getTextSize(lay.name, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)[0][0] for lay in layers)
+        box_h = 8 + len(layers) * int(12 * scale / 2 + 8)
+        patch = canvas[4:4 + box_h, 4:4 + box_w].astype(np.float32)  # dark backdrop: legible on bright bone
+        canvas[4:4 + box_h, 4:4 + box_w] = (patch * 0.35).astype(np.uint8)
         for layer in layers:
             y += int(12 * scale / 2 + 8)
             cv2.rectangle(canvas, (8, y - 10), (20, y + 2), _hex_to_bgr(layer.color), -1)
@@ -365,45 +397,16 @@ def training_curves_figure(metrics: pd.DataFrame, height: int = 320) -> go.Figur
         if "val_mre_px" in metrics:
             fig.add_trace(go.Scatter(x=metrics["epoch"], y=metrics["val_mre_px"], name="val MRE px",
                                      mode="lines+markers", line=dict(color=MODEL_COLORS[2])), row=1, col=2)
-    fig.update_xaxes(title="epoch")
-    return _base_layout(fig, height)
+    n_epochs = int(metrics["epoch"].max()) if metrics is not None and len(metrics) and "epoch" in metrics else 1
+    # whole epochs only (no 1.5), about eight ticks at most
+    fig.update_xaxes(title="epoch", tickmode="linear", tick0=1, dtick=max(1, -(-n_epochs // 8)))
+    _base_layout(fig, height)
+    # legend under the plots: above them it covers the subplot titles
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.28, x=0), margin=dict(b=70, t=30))
+    return fig
 
 
 # ----------------------------------------------------------------------------- tables and reports
-def comparison_table(predictions: dict[str, tuple[np.ndarray, np.ndarray | None]], truth: np.ndarray | None = None,
-                     spacing_mm: float | None = None) -> pd.DataFrame:
-    """Per-landmark table comparing models (docs/architecture.md#the-19-landmarks order, one row per landmark).
-
-    predictions: model → (landmarks (19, 2), confidence (19,) or None), all in the same frame.
-    truth: (19, 2) in that frame, or None. spacing_mm: mm per pixel of that frame.
-    Columns: ``#``, ``landmark``, then per model ``<m> x``, ``<m> y``, ``<m> conf``; with exactly two
-    models ``A↔B px`` (distance between them); with truth per model ``<m> err px`` (and ``err mm``).
-    """
-    rows = {"#": np.arange(1, N_LANDMARKS + 1), "landmark": list(NAMES)}
-    names = list(predictions)
-    for m in names:
-        pts, conf = predictions[m]
-        pts = np.asarray(pts, np.float64)
-        rows[f"{m} x"] = np.round(pts[:, 0], 1)
-        rows[f"{m} y"] = np.round(pts[:, 1], 1)
-        rows[f"{m} conf"] = (np.round(np.asarray(conf, np.float64), 3) if conf is not None
-                             else np.full(N_LANDMARKS, np.nan))
-    if len(names) == 2:
-        a, b = (np.asarray(predictions[m][0], np.float64) for m in names)
-        d = np.linalg.norm(a - b, axis=1)
-        rows["A↔B px"] = np.round(d, 1)
-        if spacing_mm:
-            rows["A↔B mm"] = np.round(d * spacing_mm, 2)
-    if truth is not None:
-        t = np.asarray(truth, np.float64)
-        for m in names:
-            e = np.linalg.norm(np.asarray(predictions[m][0], np.float64) - t, axis=1)
-            rows[f"{m} err px"] = np.round(e, 1)
-            if spacing_mm:
-                rows[f"{m} err mm"] = np.round(e * spacing_mm, 2)
-    return pd.DataFrame(rows)
-
-
 def error_summary(pred: np.ndarray, truth: np.ndarray, spacing_mm: float | None) -> dict:
     """MRE (px, mm), SD, share within 2 mm, and missing count for one image's (19, 2) prediction."""
     e = np.linalg.norm(np.asarray(pred, np.float64) - np.asarray(truth, np.float64), axis=1)

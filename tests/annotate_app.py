@@ -27,6 +27,6 @@ def roi_box_demo():
 
 
 st.set_page_config(page_title="Annotate · CVS Staging Lab", layout="wide")
-page = st.navigation([st.Page(str(ROOT / "pages" / "annotate.py"), title="Annotate", url_path="annotate", default=True),
+page = st.navigation([st.Page(str(ROOT / "app_pages" / "annotate.py"), title="Annotate", url_path="annotate", default=True),
                       st.Page(roi_box_demo, title="ROI box", url_path="roi_box")])
 page.run()

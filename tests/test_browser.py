@@ -1,10 +1,12 @@
 """The running app in a real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright).
 
-Starts ``streamlit run streamlit_app.py`` on a free port with a temporary CVS_HOME (tiny test models,
-plus the shipped demo models when they are present), then: Compare on a sample, a PCK threshold
-change, and the CLAHE lab's slider → new image latency (DESIGN §8: ≤ 150 ms ROI, ≤ 500 ms full
-cephalogram), printed and written to tests/artifacts/clahe_latency.json. Screenshots go to
-tests/artifacts/; with ``CVS_UPDATE_SCREENSHOTS=1`` also to docs/screenshots/ (the README's).
+Starts ``streamlit run streamlit_app.py`` on port 8517 (``CVS_BROWSER_PORT``) with a temporary
+CVS_HOME (tiny test models, plus the shipped demo models when they are present), then visits every
+page at 1280 px width: each test waits for the elements it checks (Playwright's ``expect`` /
+``wait_for``), never for "idleness"; no page may scroll sideways; the app makes no request outside
+127.0.0.1. Latencies (CLAHE lab, PCK slider) are printed and written to tests/artifacts/, not
+asserted. Screenshots go to tests/artifacts/; with ``CVS_UPDATE_SCREENSHOTS=1`` also to
+docs/screenshots/ (the README's).
 
 Never downloads a browser: skipped when /usr/bin/chromium is absent (``make browser`` installs it).
 """
@@ -14,22 +16,26 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
+from app_helpers import make_tiny_models
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests" / "artifacts"
 DOCS_SHOTS = ROOT / "docs" / "screenshots"
+PORT = int(os.environ.get("CVS_BROWSER_PORT", "8517"))
+WIDTH = 1280
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
 
 pytestmark = [
     pytest.mark.browser,
@@ -38,16 +44,8 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from test_app import make_tiny_models
-
     home = tmp_path_factory.mktemp("cvs_browser_home")
     old = os.environ.get("CVS_HOME")
     make_tiny_models(home)
@@ -55,25 +53,28 @@ def server(tmp_path_factory):
         os.environ.pop("CVS_HOME", None)
     else:
         os.environ["CVS_HOME"] = old
-    port = _free_port()
     env = dict(os.environ, CVS_HOME=str(home), PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log = open(ARTIFACTS / "streamlit_server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-                             "--server.headless", "true", "--browser.gatherUsageStats", "false",
-                             "--server.fileWatcherType", "none"],
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(PORT),
+                             "--server.address", "127.0.0.1", "--server.headless", "true",
+                             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
+    url = f"http://127.0.0.1:{PORT}"
+    deadline = time.time() + 90
     while time.time() < deadline:
         try:
             if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read().strip() == b"ok":
                 break
         except OSError:
             time.sleep(0.3)
+        if proc.poll() is not None:
+            break
     else:
         proc.kill()
         pytest.fail("streamlit did not come up:\n" + (ARTIFACTS / "streamlit_server.log").read_text()[-3000:])
+    if proc.poll() is not None:
+        pytest.fail(f"streamlit exited (port {PORT} busy?):\n" + (ARTIFACTS / "streamlit_server.log").read_text()[-3000:])
     yield url
     os.killpg(proc.pid, signal.SIGTERM)
     try:
@@ -95,8 +96,20 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    ctx = browser.new_context(viewport={"width": 1440, "height": 960}, device_scale_factor=1)
+    """A 1280-px-wide page that records every request it makes (``page.outside`` lists non-local ones)."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=120_000)
+    ctx = browser.new_context(viewport={"width": WIDTH, "height": 900}, device_scale_factor=1)
     pg = ctx.new_page()
+    pg.outside = []
+
+    def on_request(req):
+        url = urllib.parse.urlparse(req.url)
+        if url.scheme in ("http", "https", "ws", "wss") and url.hostname not in LOCAL_HOSTS:
+            pg.outside.append(req.url)
+
+    pg.on("request", on_request)
     yield pg
     ctx.close()
 
@@ -109,7 +122,7 @@ def shot(page, name: str, full_page: bool = True):
         height = page.evaluate("() => { const m = document.querySelector('[data-testid=\"stMain\"]');"
                                " return m ? m.scrollHeight : document.body.scrollHeight; }")
         page.set_viewport_size({"width": size["width"], "height": min(max(int(height), size["height"]), 4000)})
-        page.wait_for_timeout(800)
+        page.wait_for_timeout(500)  # let plotly re-layout to the new height (the picture only)
     page.screenshot(path=str(path), full_page=full_page)
     page.set_viewport_size(size)
     if os.environ.get("CVS_UPDATE_SCREENSHOTS") == "1":
@@ -117,82 +130,120 @@ def shot(page, name: str, full_page: bool = True):
         shutil.copy(path, DOCS_SHOTS / f"{name}.png")
 
 
-def wait_idle(page, timeout_ms: int = 120_000):
-    """Until the script run finished (no 'running' status widget) and plots have drawn."""
-    page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_ms)
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"] [data-testid=\"stStatusWidgetRunningIcon\"]')"
-        " && !document.querySelector('[data-testid=\"stSpinner\"]')", timeout=timeout_ms)
-    page.wait_for_timeout(600)
+def check_layout(page):
+    """No sideways scroll at 1280 px, and no request outside 127.0.0.1 so far (e.g. the favicon)."""
+    width = page.evaluate("() => document.documentElement.scrollWidth")
+    assert width <= WIDTH, f"the page scrolls sideways: scrollWidth {width} > {WIDTH}"
+    assert not page.outside, f"requests outside 127.0.0.1: {page.outside}"
+
+
+def no_exception(page):
+    assert page.locator('[data-testid="stException"]').count() == 0, \
+        page.locator('[data-testid="stException"]').first.inner_text()
 
 
 def slider_thumb(page, label: str):
-    return page.locator(f'[data-testid="stSlider"] input[type="range"][aria-label^="{label}"]').first
+    return page.locator(f'[data-testid="stSlider"] [role="slider"][aria-label^="{label}"], '
+                        f'[data-testid="stSlider"] input[type="range"][aria-label^="{label}"]').first
 
 
-def test_home_and_models_pages(server, page):
+def metric_values(page) -> list[str]:
+    return page.locator('[data-testid="stMetricValue"]').all_inner_texts()
+
+
+def test_home_page_and_sidebar_probe(server, page):
+    from playwright.sync_api import expect
+
     page.goto(server + "/")
-    page.get_by_text("Read the results with care").wait_for(timeout=60_000)
-    wait_idle(page)
+    expect(page.get_by_text("Read the results with care")).to_be_visible()
+    expect(page.locator('[data-testid="stImage"] img').first).to_be_visible()
+    # bug 12: the device probe finishes and the sidebar says so without a reload
+    expect(page.locator('[data-testid="stSidebar"]').get_by_text("backend")).to_be_visible(timeout=180_000)
+    expect(page.locator('[data-testid="stSidebar"]').get_by_text("probing device")).to_have_count(0)
+    favicon = page.evaluate("() => [...document.querySelectorAll('link[rel*=icon]')].map(l => l.href)")
+    assert favicon and all(urllib.parse.urlparse(h).hostname in LOCAL_HOSTS or h.startswith("data:")
+                           for h in favicon), favicon
+    no_exception(page)
+    check_layout(page)
     shot(page, "home")
-    page.goto(server + "/models")
-    page.get_by_text("Upload a model").first.wait_for(timeout=60_000)
-    wait_idle(page)
-    shot(page, "models")
 
 
 def test_compare_on_a_sample(server, page):
+    from playwright.sync_api import expect
+
     page.goto(server + "/compare")
-    page.locator('[data-testid="stMetricValue"]:has-text("CS")').first.wait_for(timeout=120_000)
-    wait_idle(page)
-    values = page.locator('[data-testid="stMetricValue"]').all_inner_texts()
-    assert sum(v.startswith("CS") for v in values) >= 2, values
-    assert page.locator(".js-plotly-plot").count() >= 1
+    stages = page.locator('[data-testid="stMetricValue"]', has_text="CS")
+    expect(stages.nth(1)).to_be_visible(timeout=240_000)            # two models' stages at least
+    expect(page.locator(".js-plotly-plot .main-svg").first).to_be_visible()  # the overlay is drawn
+    expect(page.locator('[data-testid="stSidebar"]').get_by_text("Loaded:")).to_be_visible()
+    no_exception(page)
+    check_layout(page)
     shot(page, "compare")
     page.get_by_role("tab", name="Landmarks").click()
-    page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=30_000)
+    table = page.locator('[data-testid="stDataFrame"]').first
+    expect(table).to_be_visible()
+    box = table.bounding_box()
+    assert box["x"] + box["width"] <= WIDTH, box
     page.get_by_role("tab", name="CVM stage").click()
-    page.get_by_text("Growth:").first.wait_for(timeout=30_000)
-    page.wait_for_timeout(400)
+    expect(page.get_by_text("Growth:").first).to_be_visible()
+    check_layout(page)
     shot(page, "compare_stage")
-    # Models are loaded now: time switching to another sample until both models' results are shown.
+    # Models are loaded now: time switching to another sample until both models' results are new.
     page.get_by_role("tab", name="Overlay").click()
-    before = page.locator('[data-testid="stMetricValue"]').all_inner_texts()
-    page.locator('[data-testid="stSelectbox"]').filter(has_text="Sample").first.click()
+    before = metric_values(page)
+    box = page.locator('[data-testid="stSelectbox"]').filter(has_text="Sample").first
     option = page.get_by_role("option", name="LC (11)")
+    for _ in range(3):  # open the list; a rerun finishing at that moment may close it again
+        box.click()
+        try:
+            expect(option).to_be_visible(timeout=10_000)
+            break
+        except AssertionError:
+            page.keyboard.press("Escape")
     t0 = time.perf_counter()
     option.click()
-    page.wait_for_function(
-        "old => { const v = [...document.querySelectorAll('[data-testid=\"stMetricValue\"]')].map(e => e.innerText);"
-        " return v.join('|') !== old.join('|') && !document.querySelector("
-        "'[data-testid=\"stStatusWidget\"] [data-testid=\"stStatusWidgetRunningIcon\"]'); }",
-        arg=before, polling="raf", timeout=60_000)
-    page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
+    # bug 2: LC (11)'s landmarks 17–19 lie below the ROI: the page says so
+    expect(page.get_by_text("fall outside the ROI").first).to_be_visible(timeout=120_000)
+    page.wait_for_function("old => [...document.querySelectorAll('[data-testid=\"stMetricValue\"]')]"
+                           ".map(e => e.innerText).join('|') !== old.join('|')", arg=before, timeout=60_000)
     seconds = time.perf_counter() - t0
-    values = page.locator('[data-testid="stMetricValue"]').all_inner_texts()
-    assert sum(v.startswith("CS") for v in values) >= 2, values
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    expect(stages.nth(1)).to_be_visible()
+    no_exception(page)
     (ARTIFACTS / "compare_latency.json").write_text(json.dumps({"sample_switch_s": seconds}))
-    print(f"\nCompare: new sample → both models' landmarks and stages shown in {seconds:.2f} s "
-          "(models already loaded; target < 2 s)")
+    print(f"\nCompare: new sample → warning and new numbers shown in {seconds:.2f} s (models already loaded)")
 
 
 def test_pck_threshold_slider(server, page):
+    from playwright.sync_api import expect
+
     page.goto(server + "/evaluation")
-    page.locator('[data-testid="stMetricLabel"]:has-text("PCK @")').first.wait_for(timeout=120_000)
-    wait_idle(page)
-    label_before = page.locator('[data-testid="stMetricLabel"]:has-text("PCK @")').first.inner_text()
+    label = page.locator('[data-testid="stMetricLabel"]', has_text="PCK @").first
+    expect(label).to_be_visible(timeout=240_000)
+    expect(page.get_by_text("The study reported")).to_be_visible()
+    expect(page.get_by_text("were in the shipped demo models' training data")).to_be_visible()
     thumb = slider_thumb(page, "Threshold")
-    thumb.focus()
-    for _ in range(5):
-        page.keyboard.press("ArrowRight")
-    page.wait_for_function(
-        "old => [...document.querySelectorAll('[data-testid=\"stMetricLabel\"]')]"
-        ".some(e => e.innerText.includes('PCK @') && e.innerText !== old)", arg=label_before, timeout=30_000)
-    page.locator('[data-testid="stMetricLabel"]:has-text("PCK @ 2.5")').first.wait_for(timeout=30_000)
-    wait_idle(page)
-    label_after = page.locator('[data-testid="stMetricLabel"]:has-text("PCK @")').first.inner_text()
-    assert label_after != label_before
+    expect(thumb).to_be_visible()
+    times = []
+    for i in range(10):
+        old = label.inner_text()
+        thumb.focus()
+        t0 = time.perf_counter()
+        page.keyboard.press("ArrowRight" if i % 2 == 0 else "ArrowLeft")
+        page.wait_for_function(
+            "old => { const e = document.querySelector('[data-testid=\"stMetricLabel\"]');"
+            " return [...document.querySelectorAll('[data-testid=\"stMetricLabel\"]')]"
+            ".some(x => x.innerText.includes('PCK @') && x.innerText !== old); }",
+            arg=old, polling="raf", timeout=30_000)
+        times.append((time.perf_counter() - t0) * 1e3)
+        page.wait_for_timeout(200)
+    expect(label).to_contain_text("PCK @ 2")
+    median = statistics.median(times)
+    (ARTIFACTS / "pck_latency.json").write_text(json.dumps({"median_ms": median, "all": [round(t, 1) for t in times]}))
+    print(f"\nPCK slider → new numbers (browser, st.fragment): median {median:.0f} ms, max {max(times):.0f} ms "
+          "(target ≤ 200 ms; measured on a shared machine)")
+    assert len(times) == 10
+    no_exception(page)
+    check_layout(page)
     shot(page, "evaluation")
 
 
@@ -217,36 +268,55 @@ def _measure_latency(page, n: int) -> list[float]:
     return out
 
 
-def test_clahe_lab_latency(server, page):
-    # measure once the server's background TensorFlow import (the sidebar's device probe) is done
-    deadline = time.time() + 120
-    while True:
-        page.goto(server + "/clahe_lab")
-        page.wait_for_selector(".st-key-lab_after img", timeout=120_000)
-        wait_idle(page)
-        if page.locator('[data-testid="stSidebar"]').get_by_text("backend").count() or time.time() > deadline:
-            break
-        page.wait_for_timeout(2000)
+def _boxes_do_not_overlap(page, selectors: list[str]):
+    boxes = [page.locator(sel).first.bounding_box() for sel in selectors]
+    for (a, sa), (b, sb) in zip(zip(boxes, selectors), zip(boxes[1:], selectors[1:])):
+        assert a["x"] + a["width"] <= b["x"] + 1, f"{sa} {a} overlaps {sb} {b}"
+
+
+def test_clahe_lab(server, page):
+    from playwright.sync_api import expect
+
+    page.goto(server + "/clahe_lab")
+    expect(page.locator(".st-key-lab_after img")).to_be_visible(timeout=120_000)
+    imgs = [".st-key-lab_before img", ".st-key-lab_after img", ".st-key-lab_diff img"]
+    _boxes_do_not_overlap(page, imgs)  # bug 6
+    check_layout(page)
     results = {}
     roi = _measure_latency(page, 12)
     results["roi_ms"] = {"median": statistics.median(roi), "max": max(roi), "all": [round(v, 1) for v in roi]}
+    # bug 5: saving shows the settings at once
+    page.get_by_role("button", name="Use these settings").click()
+    expect(page.locator(".st-key-lab_in_use").get_by_text("clahe_clip=")).to_be_visible()
     shot(page, "clahe_lab")
     page.get_by_text("Sample full cephalogram").click()
     page.wait_for_function("() => { const i = document.querySelector('.st-key-lab_after img');"
                            " return i && i.naturalWidth > 300; }", timeout=60_000)
-    wait_idle(page)
+    _boxes_do_not_overlap(page, imgs)  # bug 6: the full cephalogram's images stay in their columns
+    check_layout(page)
     full = _measure_latency(page, 8)
     results["full_ms"] = {"median": statistics.median(full), "max": max(full), "all": [round(v, 1) for v in full]}
     (ARTIFACTS / "clahe_latency.json").write_text(json.dumps(results, indent=2))
     print(f"\nCLAHE lab slider → new image (browser): ROI median {results['roi_ms']['median']:.0f} ms "
           f"(max {results['roi_ms']['max']:.0f}; target ≤ 150), full cephalogram median "
           f"{results['full_ms']['median']:.0f} ms (max {results['full_ms']['max']:.0f}; target ≤ 500)")
-    # Latency is reported, not asserted (machines are noisy); the test fails if an image never updates.
     assert len(roi) == 12 and len(full) == 8
+    no_exception(page)
 
 
-def test_training_page(server, page):
+def test_training_and_models_pages(server, page):
+    from playwright.sync_api import expect
+
     page.goto(server + "/training")
-    page.get_by_text("Start a new run").first.wait_for(timeout=60_000)
-    wait_idle(page)
+    expect(page.get_by_text("Start a new run").first).to_be_visible(timeout=60_000)
+    expect(page.get_by_role("button", name="Start training")).to_be_visible()
+    no_exception(page)
+    check_layout(page)
     shot(page, "training")
+    page.goto(server + "/models")
+    expect(page.get_by_text("Upload a model").first).to_be_visible(timeout=60_000)
+    expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible()
+    expect(page.get_by_text("Weights sha256")).to_be_visible()  # a model's details are shown
+    no_exception(page)
+    check_layout(page)
+    shot(page, "models")

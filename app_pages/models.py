@@ -8,13 +8,13 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages import ui
+from app_pages import ui
 
 ui.page_header("Models", "Every registered model is a folder with `model.keras` and a `manifest.json` that records "
                "its architecture, preprocessing, codec, training data, metrics and weights checksum.",
                ":material/deployed_code:")
 
-from cvs_core import registry, viz  # noqa: E402
+from cvs_core import model_view, registry, viz  # noqa: E402
 
 ss = st.session_state
 infos = ui.model_infos()
@@ -48,15 +48,15 @@ else:
     pick = st.selectbox("Model", [m.name for m in infos], key="models_pick")
     info = next(m for m in infos if m.name == pick)
     man = info.manifest
-    c1, c2 = st.columns([1, 1.3], gap="large")
+    c1, c2 = st.container(), st.container()  # full width: the manifest's JSON lines need it
     with c1:
         training = man.get("training") or {}
         data = training.get("data") or {}
         st.markdown(f"**Architecture** `{man.get('architecture')}` · builder `{json.dumps(man.get('builder_kwargs', {}))}`")
         st.markdown(f"**Codec** `{json.dumps(man.get('codec'))}`")
         st.markdown(f"**Preprocessing** `{json.dumps(man.get('preprocess'))}`")
-        st.markdown(f"**Training** preset `{training.get('preset', '—')}`, epochs run {training.get('epochs_run', '—')}, "
-                    f"data: {', '.join(f'{k}={v}' for k, v in data.items() if v not in (None, 0)) or '—'}")
+        st.markdown(f"**Training** preset `{training.get('preset', '—')}`, epochs run {training.get('epochs_run', '—')}")
+        st.markdown("\n".join(f"- {line}" for line in model_view.describe_training_data(data)))
         table = viz.manifest_metrics_table(man.get("metrics"))
         if len(table):
             st.markdown("**Measured accuracy** (nominal 0.25 mm/px)")
@@ -67,7 +67,7 @@ else:
                 "stage agreement": st.column_config.NumberColumn(format="percent")})
         with st.expander("All metrics (JSON)"):
             st.json(man.get("metrics", {}))
-        st.markdown(f"**Weights sha256** `{man.get('weights_sha256', '—')}`")
+        st.markdown(f"**Weights sha256** {model_view.weights_checksum(man)}")
         st.markdown(f"**ImageNet backbone weights** {'yes' if man.get('imagenet_weights') else 'no'} · "
                     f"backend `{man.get('backend')}` · Keras {man.get('keras_version')} · schema "
                     f"`{man.get('landmark_schema')}`")
@@ -77,8 +77,9 @@ else:
                 st.write(f"Delete the user model **{pick}** and its files?")
                 if st.button("Yes, delete", type="primary", key="models_delete"):
                     try:
+                        version = ui.model_version(pick)
                         registry.delete_model(pick)
-                        st.cache_resource.clear()
+                        ui.forget_model(pick, version)  # only this model: the others stay loaded
                         st.rerun()
                     except Exception as exc:  # noqa: BLE001
                         ui.show_error("Could not delete", exc)
@@ -98,7 +99,8 @@ from cvs_core.train import preset_defaults  # noqa: E402
 with st.form("model_upload"):
     u1, u2, u3 = st.columns(3, gap="medium")
     with u1:
-        up = st.file_uploader("Model file", type=["keras", "h5"], key="models_file")
+        # no type filter: a wrong file gets a sentence from model_view.check_model_file, not just a red icon
+        up = st.file_uploader("Model file (.keras or .h5)", key="models_file")
         new_name = st.text_input("Name", key="models_name", placeholder="e.g. study_unet")
     with u2:
         arch = st.selectbox("Architecture", list(BUILDERS), key="models_arch")
@@ -112,6 +114,7 @@ with st.form("model_upload"):
     go = st.form_submit_button("Register uploaded model", type="primary", icon=":material/upload:")
 
 
+# ARCH: replace with registry.register_model_file(path, name) (keep the check_model_file call first)
 def _register_upload(up, name: str, arch: str, preset: str, codec_kind: str, builder_json: str) -> Path:
     import keras
 
@@ -121,6 +124,7 @@ def _register_upload(up, name: str, arch: str, preset: str, codec_kind: str, bui
 
     if up is None:
         raise ValueError("choose a .keras or .h5 file")
+    model_view.check_model_file(up.name, up.getvalue()[:16])
     if not name:
         raise ValueError("give the model a name")
     try:

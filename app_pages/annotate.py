@@ -11,7 +11,7 @@ import streamlit as st
 from cvs_components.landmark_editor import landmark_editor, trigger
 from cvs_core import annotation_store as astore
 from cvs_core.landmarks import LANDMARKS
-from pages import ui
+from app_pages import ui
 
 ui.page_header("Annotate", "Correct the model's 19 landmarks on your own images — drag a point, or pick its number "
                "and click where it belongs. Every change is saved at once; the corrected images can fine-tune "

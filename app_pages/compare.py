@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import streamlit as st
 
-from pages import ui
+from app_pages import ui
 
 ui.page_header("Compare models", "Run two landmark models on the same image and compare where they put the "
                "19 points, how confident they are, and which CVM stage follows.", ":material/compare:")
@@ -16,9 +15,9 @@ if not names:
     ui.no_models_message()
     st.stop()
 
-from cvs_core import viz  # noqa: E402
-from cvs_core.preprocess import SEED_ROI_BOX, apply_affine, invert_affine, seed_roi_affine  # noqa: E402
-from cvs_core.staging import CAVEAT, stage_landmarks  # noqa: E402
+from cvs_core import compare, viz  # noqa: E402
+from cvs_core.preprocess import SEED_ROI_BOX  # noqa: E402
+from cvs_core.staging import CAVEAT  # noqa: E402
 
 ss = st.session_state
 lab_settings = ss.get("lab_preprocess")
@@ -30,7 +29,8 @@ with st.container(border=True):
         source = st.radio("Input", ["Sample", "Phantom", "Upload"], horizontal=True, key="cmp_source",
                           help="Bundled public study images, a synthetic phantom with exact landmarks, or "
                                "your own PNG / JPEG / TIFF / BMP / DICOM.")
-        inp: ui.InputImage | None = None
+        inp: compare.InputImage | None = None
+        input_errors = []
         if source == "Sample":
             samples = ui.sample_names()
             sc1, sc2 = st.columns([1.15, 1])
@@ -41,22 +41,16 @@ with st.container(border=True):
                              help="The 250×600 vertebral ROI, or the 1804×2136 original (the ROI is then cut "
                                   "with the study preset or your box).")
             kind = "roi" if kind == "ROI" else "full"
-            img = ui.load_sample(name, kind)
-            truth = ui.sample_truth().get(name)
-            if truth is not None and kind == "full":  # labels are in the study ROI frame
-                truth = apply_affine(invert_affine(seed_roi_affine()), truth)
-            inp = ui.InputImage(image=img, name=name, kind=kind, source="sample", key=f"sample:{kind}:{name}",
-                                spacing_mm=ui.NOMINAL_ROI_SPACING if kind == "roi" else ui.NOMINAL_FULL_SPACING,
-                                truth=truth)
+            inp = compare.sample_input(name, kind, ui.load_sample(name, kind), ui.sample_truth().get(name))
         elif source == "Phantom":
             pc1, pc2 = st.columns(2)
             seed = pc1.number_input("Seed", 0, 10**6, 7, step=1, key="cmp_seed")
             stage_opt = pc2.selectbox("Generated stage", ["random", 1, 2, 3, 4, 5, 6], index=3, key="cmp_stage",
                                       format_func=lambda s: s if s == "random" else f"CS{s}")
             image, lms, gen_stage = ui.load_phantom(int(seed), None if stage_opt == "random" else int(stage_opt))
-            inp = ui.InputImage(image=image, name=f"phantom_seed{int(seed)}_cs{gen_stage}.png", kind="roi",
-                                source="phantom", key=f"phantom:{int(seed)}:{stage_opt}",
-                                spacing_mm=ui.NOMINAL_ROI_SPACING, truth=lms, true_stage=gen_stage)
+            inp = compare.InputImage(image=image, name=f"phantom_seed{int(seed)}_cs{gen_stage}.png", kind="roi",
+                                     source="phantom", key=f"phantom:{int(seed)}:{stage_opt}", truth=lms,
+                                     true_stage=gen_stage)
         else:
             up = st.file_uploader("Image", type=["png", "jpg", "jpeg", "tif", "tiff", "bmp", "dcm", "dicom"],
                                   key="cmp_upload", help="Decoded and downscaled at once; only the small "
@@ -69,26 +63,27 @@ with st.container(border=True):
                 if cached is None or ss.get("cmp_uploaded_sig") != sig:
                     ss.pop("cmp_uploaded", None)
                     try:
-                        cached = ui.decode_upload(up.name, up.getvalue(), kind=kind)
+                        cached = compare.decode_upload(up.name, up.getvalue(), kind=kind)
                         ss["cmp_uploaded"], ss["cmp_uploaded_sig"] = cached, sig
                     except ValueError as exc:
-                        ui.show_error(f"Could not read {up.name}", exc)
+                        input_errors.append((f"Could not read {up.name}", exc))
                         cached = None
                 inp = cached
             elif ss.get("cmp_uploaded") is not None and ss.get("cmp_uploaded_sig") is None:
                 inp = ss["cmp_uploaded"]  # injected (tests, other pages)
             else:
                 ss.pop("cmp_uploaded", None)
-            csv_up = st.file_uploader("Ground truth (optional study CSV)", type=["csv"], key="cmp_truth_csv",
-                                      help="image_name,1_x,1_y,…,19_x,19_y in this image's pixel frame.")
-            if inp is not None and csv_up is not None:
-                try:
-                    inp.truth = ui.read_truth_csv(csv_up.getvalue(), inp.name) * inp.scale
-                except ValueError as exc:
-                    ui.show_error("Could not use the ground-truth CSV", exc)
-                    inp.truth = None
-            elif inp is not None and csv_up is None and ss.get("cmp_uploaded_sig") is not None:
+            if inp is not None:
+                # One ground-truth uploader per image: a CSV never stays attached to the next image.
+                csv_up = st.file_uploader("Ground truth (optional study CSV)", type=["csv"],
+                                          key=f"cmp_truth_csv_{inp.key}",
+                                          help="image_name,1_x,1_y,…,19_x,19_y in this image's pixel frame.")
                 inp.truth = None
+                if csv_up is not None:
+                    try:
+                        inp.truth = compare.read_truth_csv(csv_up.getvalue(), inp.name) * inp.scale
+                    except ValueError as exc:
+                        input_errors.append(("Could not use the ground-truth CSV", exc))
         if inp is not None:
             for note in inp.notes:
                 st.caption(f":material/info: {note}")
@@ -132,11 +127,13 @@ with st.container(border=True):
         b_default = defaults[1] if len(defaults) > 1 else "— none —"
         model_b = st.selectbox("Model B", b_options, index=b_options.index(b_default), key="cmp_model_b")
         models = [model_a] + ([model_b] if model_b != "— none —" and model_b != model_a else [])
-        spacing_default = inp.spacing_mm if (inp is not None and inp.spacing_mm) else (
-            ui.NOMINAL_FULL_SPACING if inp is not None and inp.kind == "full" else ui.NOMINAL_ROI_SPACING)
+        if model_b == model_a:
+            st.caption(":material/info: Model B is the same as model A: only A is run.")
+        spacing_default = inp.nominal_spacing() if inp is not None else compare.NOMINAL_ROI_SPACING
         spacing_in = st.number_input(
             "Pixel spacing of the input (mm/px)", 0.01, 2.0, float(spacing_default), step=0.005, format="%.3f",
-            key=f"cmp_spacing_{inp.key if inp else 'none'}",
+            # keyed by image *and* kind: switching ROI ↔ full cephalogram gets that kind's spacing
+            key=f"cmp_spacing_{inp.key if inp else 'none'}_{inp.kind if inp else ''}",
             help="Nominal: 0.25 mm/px for the 250×600 ROI, 0.125 mm/px for full cephalograms (the study "
                  "published none). DICOM files give their own.")
         use_lab = False
@@ -145,6 +142,8 @@ with st.container(border=True):
                                 help=f"Override the models' CLAHE/bilateral settings with "
                                      f"{json.dumps(lab_settings)}")
 
+for title, exc in input_errors:  # full width, below the inputs
+    ui.show_error(title, exc)
 if inp is None:
     st.stop()
 
@@ -163,64 +162,46 @@ for m, exc in errors.items():
 if not preds:
     st.stop()
 
-first = next(iter(preds.values()))
-roi_image = first.preprocessed.roi_image
-roi_affine = first.preprocessed.roi_affine
-roi_scale = float(np.sqrt(abs(np.linalg.det(roi_affine[:2, :2]))))
-spacing = float(spacing_in) / roi_scale  # mm per ROI pixel
-truth_roi = apply_affine(roi_affine, inp.truth) if inp.truth is not None else None
+comp = compare.analyse(inp, preds, {m: ui.codec_kind(m) for m in preds}, roi, float(spacing_in))
+roi_image, spacing = comp.roi_image, comp.roi_spacing_mm
 colors = {m: viz.MODEL_COLORS[i] for i, m in enumerate(preds)}
-
-stages = {}
-stage_errors = {}
-for m, p in preds.items():
-    try:
-        stages[m] = stage_landmarks(p.landmarks_roi, spacing)
-    except ValueError as exc:
-        stage_errors[m] = str(exc)
-truth_stage = None
-if truth_roi is not None:
-    try:
-        truth_stage = stage_landmarks(truth_roi, spacing)
-    except ValueError:
-        truth_stage = None
+for w in comp.warnings:
+    st.warning(w, icon=":material/warning:")
 
 # ----------------------------------------------------------------------------- headline
-cols = st.columns(len(preds) + (1 if truth_roi is not None else 0))
-for col, (m, p) in zip(cols, preds.items()):
+has_truth = comp.truth is not None
+cols = st.columns(len(preds) + (1 if has_truth else 0))
+for col, (m, r) in zip(cols, comp.models.items()):
     with col.container(border=True):
-        found = int(np.isfinite(p.landmarks_roi).all(axis=1).sum())
-        size = p.preprocessed.config.input_size
         st.markdown(f"<span style='color:{colors[m]};font-weight:600'>● {m}</span>", unsafe_allow_html=True)
         k1, k2 = st.columns(2)
-        k1.metric("CVM stage", stages[m].label if m in stages else "—",
-                  help=stages[m].confidence if m in stages else stage_errors.get(m))
-        if truth_roi is not None:
-            s = viz.error_summary(p.landmarks_roi, truth_roi, spacing)
+        k1.metric("CVM stage", r.stage.label if r.stage else "—",
+                  help=r.stage.confidence if r.stage else r.stage_error)
+        if r.summary is not None:
+            s = r.summary
             k2.metric("MRE (mm)", f"{s['mre_mm']:.2f}" if s["mre_mm"] is not None else "—",
                       help=f"{s['mre_px']:.1f} ROI px; {s['within_2mm'] * 100:.0f}% of landmarks within 2 mm"
                       if s["mre_px"] is not None else None)
         else:
-            k2.metric("time (ms)", f"{p.ms['total']:.0f}")
-        st.caption(f"{found}/19 landmarks · {'heatmap' if p.raw.ndim == 3 else 'regression'} · "
-                   f"{size[1]}×{size[0]} input · {p.ms['total']:.0f} ms")
-if truth_roi is not None:
+            k2.metric("time (ms)", f"{r.ms:.0f}")
+        st.caption(f"{r.n_found}/19 landmarks · {r.codec_kind} · "
+                   f"{r.input_size[1]}×{r.input_size[0]} input · {r.ms:.0f} ms")
+if has_truth:
     with cols[-1].container(border=True):
         st.markdown(f"<span style='color:{viz.TRUTH_COLOR};font-weight:600'>✕ ground truth</span>",
                     unsafe_allow_html=True)
         k1, k2 = st.columns(2)
-        k1.metric("CVM stage", truth_stage.label if truth_stage else "—", help="from the true landmarks")
-        k2.metric("generated as", f"CS{inp.true_stage}" if inp.true_stage else "—")
+        k1.metric("CVM stage", comp.truth_stage.label if comp.truth_stage else "—", help="from the true landmarks")
+        if inp.true_stage:
+            k2.metric("generated as", f"CS{inp.true_stage}")
         st.caption("phantom: exact landmarks" if inp.source == "phantom" else "annotated landmarks")
 st.caption(f":material/warning: {CAVEAT}")
-st.caption(f"Coordinates in the ROI frame ({roi_image.shape[1]}×{roi_image.shape[0]} px) · spacing "
-           f"**{spacing:.4g} mm/px** ({'from the DICOM header' if inp.spacing_mm and inp.source == 'upload' else 'nominal'}"
-           f"{', ROI scale ×' + format(roi_scale, '.3g') if abs(roi_scale - 1) > 1e-6 else ''})")
+st.caption(comp.spacing_caption())
 
 # ----------------------------------------------------------------------------- views
-layers = [viz.PointLayer(m, p.landmarks_roi, colors[m], p.confidence) for m, p in preds.items()]
-truth_layer = viz.PointLayer("ground truth", truth_roi, viz.TRUTH_COLOR, truth=True) if truth_roi is not None else None
-heat_model = next((m for m, p in preds.items() if p.raw.ndim == 3), None)
+layers = [viz.PointLayer(m, r.landmarks, colors[m], r.confidence) for m, r in comp.models.items()]
+truth_layer = viz.PointLayer("ground truth", comp.truth, viz.TRUTH_COLOR, truth=True) if has_truth else None
+heat_model = comp.response_model
 
 tab_overlay, tab_side, tab_table, tab_stage, tab_export = st.tabs(
     [":material/layers: Overlay", ":material/view_column: Side by side", ":material/table: Landmarks",
@@ -231,13 +212,17 @@ with tab_overlay:
     with c_ctl:
         opacity = 0.0
         if heat_model:
-            opacity = st.slider(f"{heat_model} heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="cmp_opacity",
+            opacity = st.slider(f"Heatmap opacity ({heat_model})", 0.0, 1.0, 0.45, 0.05, key="cmp_opacity",
                                 help="The U-Net's predicted mask / max over its 19 heatmaps, warped onto the ROI.")
         else:
             st.caption("No heatmap: neither model predicts a mask/heatmap.")
-        show_numbers = st.toggle("Landmark numbers", True, key="cmp_numbers")
+        numbers = st.radio("Landmark numbers", ["model A", "all", "none"], horizontal=True, key="cmp_numbers",
+                           help="Numbers of both models overlap where they agree; model A's alone are easier to read.")
+        show_numbers = {"model A": "first", "all": True, "none": False}[numbers]
         zoom = st.toggle("Zoom to the vertebrae", True, key="cmp_zoom")
         show_truth = st.toggle("Ground truth", True, key="cmp_truth", disabled=truth_layer is None)
+        show_input = st.toggle("What the models see", False, key="cmp_model_input",
+                               help="Each model's preprocessed input: ROI, CLAHE/bilateral, resized to its input size.")
         st.caption("Hover a point for its name, position and confidence. Scroll to zoom, drag to pan, "
                    "double-click to reset.")
         st.markdown("**Legend**")
@@ -252,64 +237,61 @@ with tab_overlay:
                                   response_name=f"{heat_model} heatmap", show_numbers=show_numbers, height=680,
                                   zoom_margin=45 if zoom else None)
         st.plotly_chart(fig, key="cmp_overlay_fig", config={"scrollZoom": True, "displaylogo": False})
+    if show_input:
+        icols = st.columns(max(len(preds), 3))
+        for col, (m, p) in zip(icols, preds.items()):
+            size = p.preprocessed.image.shape
+            col.image(viz.encode_image(compare.model_input_preview(p), "png"), width="stretch",
+                      caption=f"{m}: {size[1]}×{size[0]} px, {size[2] if len(size) == 3 else 1} channel(s)")
 
 with tab_side:
     side = st.columns(len(preds))
     for col, (m, p), layer in zip(side, preds.items(), layers):
         with col:
-            resp = p.response_map_roi() if p.raw.ndim == 3 else None
+            resp = p.response_map_roi() if comp.models[m].has_response else None
             lay = [layer] + ([truth_layer] if truth_layer is not None else [])
+            st.markdown(f"<span style='color:{colors[m]};font-weight:600'>● {m}</span> · {p.ms['total']:.0f} ms",
+                        unsafe_allow_html=True)
             f = viz.landmark_figure(roi_image, lay, response=resp, response_opacity=0.35 if resp is not None else 0,
-                                    title=f"{m} · {p.ms['total']:.0f} ms", height=640, zoom_margin=45)
+                                    height=640, zoom_margin=45, legend=False)
             st.plotly_chart(f, key=f"cmp_side_{m}", config={"scrollZoom": True, "displaylogo": False})
 
 with tab_table:
-    table = viz.comparison_table({m: (p.landmarks_roi, p.confidence) for m, p in preds.items()},
-                                 truth=truth_roi, spacing_mm=spacing)
+    table = comp.table
     st.dataframe(table, hide_index=True, width="stretch", height=38 + 35 * 19)
-    st.caption(f"x, y in ROI pixels; confidence is the heatmap peak (empty for regression models); "
+    st.caption(f"x, y in ROI pixels; confidence is the heatmap peak (heatmap/mask models only); "
                f"mm at {spacing:.4g} mm/px. A↔B: distance between the two models' points.")
 
 with tab_stage:
-    st.info(CAVEAT, icon=":material/info:")
-    scols = st.columns(len(preds) + (1 if truth_stage else 0))
-    for col, m in zip(scols, preds):
+    scols = st.columns(len(preds) + (1 if comp.truth_stage else 0))
+    for col, (m, r) in zip(scols, comp.models.items()):
         with col:
-            if m in stages:
-                ui.stage_card(m, stages[m], colors[m], true_stage=inp.true_stage)
+            if r.stage:
+                ui.stage_card(m, r.stage, colors[m], true_stage=inp.true_stage)
             else:
-                st.warning(f"**{m}**: no stage — {stage_errors.get(m)}")
-    if truth_stage:
+                st.warning(f"**{m}**: no stage — {r.stage_error}")
+    if comp.truth_stage:
         with scols[-1]:
-            ui.stage_card("from the true landmarks", truth_stage, viz.TRUTH_COLOR, true_stage=inp.true_stage)
+            ui.stage_card("from the true landmarks", comp.truth_stage, viz.TRUTH_COLOR, true_stage=inp.true_stage)
 
 with tab_export:
     base = inp.name.rsplit(".", 1)[0]
     st.markdown("**Landmarks (study CSV format)** — coordinates in the frame of the input image "
                 f"`{inp.name}`" + (" (full cephalogram)" if inp.kind == "full" else ""))
-    from cvs_core.annotations import format_annotations  # noqa: E402
-
-    ecols = st.columns(len(preds) + 2)
-    for col, (m, p) in zip(ecols, preds.items()):
-        lm = p.landmarks / inp.scale  # back to the uploaded file's pixel frame when it was downscaled
-        col.download_button(f"{m}.csv", format_annotations(([inp.name], lm[None])), file_name=f"{base}_{m}.csv",
+    ecols = st.columns(len(preds) + 3)
+    for col, m in zip(ecols, preds):
+        col.download_button(f"{m}.csv", comp.landmarks_csv(m, preds), file_name=f"{base}_{m}.csv",
                             mime="text/csv", icon=":material/table:", on_click="ignore", key=f"dl_csv_{m}")
     overlay = viz.overlay_png(roi_image, overlay_layers,
                               response=preds[heat_model].response_map_roi() if heat_model and opacity > 0 else None,
                               response_opacity=opacity)
-    ecols[-2].download_button("overlay.png", overlay, file_name=f"{base}_overlay.png", mime="image/png",
+    ecols[-3].download_button("overlay.png", overlay, file_name=f"{base}_overlay.png", mime="image/png",
                               icon=":material/image:", on_click="ignore", key="dl_png")
-    report = viz.json_report(
-        image={"name": inp.name, "source": inp.source, "kind": inp.kind, "width": int(inp.image.shape[1]),
-               "height": int(inp.image.shape[0]), "roi": roi, "roi_size": list(roi_image.shape[::-1]),
-               "scale_from_file": inp.scale, "generated_stage": inp.true_stage},
-        models={m: {"landmarks_roi": p.landmarks_roi, "landmarks_input": p.landmarks, "confidence": p.confidence,
-                    "timings_ms": p.ms, "stage": stages[m].to_dict() if m in stages else None,
-                    "preprocess": p.preprocessed.config.to_dict()} for m, p in preds.items()},
-        truth=truth_roi, spacing_mm=spacing)
-    report["comparison"] = json.loads(table.to_json(orient="records"))
-    report["caveat"] = CAVEAT
-    ecols[-1].download_button("report.json", json.dumps(report, indent=2), file_name=f"{base}_report.json",
+    report = comp.report(preds, CAVEAT)
+    ecols[-2].download_button("report.json", json.dumps(report, indent=2), file_name=f"{base}_report.json",
                               mime="application/json", icon=":material/data_object:", on_click="ignore",
                               key="dl_json")
+    ecols[-1].download_button("report.html", comp.html_report(overlay, CAVEAT), file_name=f"{base}_report.html",
+                              mime="text/html", icon=":material/description:", on_click="ignore", key="dl_html",
+                              help="One self-contained page; print it to PDF from the browser.")
     st.image(overlay, caption="overlay.png preview", width=260)

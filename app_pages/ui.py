@@ -5,19 +5,16 @@ version; a Predictor is thread-safe), decoded sample images, per-image predictio
 """
 from __future__ import annotations
 
-import hashlib
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import streamlit as st
+
+from cvs_core.compare import InputImage  # noqa: F401 - re-exported for the pages
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "data" / "samples"
-NOMINAL_ROI_SPACING = 0.25      # mm per px in the study's ROI frame (DESIGN §2)
-NOMINAL_FULL_SPACING = 0.125    # mm per px in the study's full cephalograms
-MAX_SIDE = 2600                 # uploads are downscaled so their longer side is at most this
+FAVICON = str(Path(__file__).resolve().parent / "favicon.png")  # local: the app makes no outside request
 DEMO = ("unet_heatmap", "inception_resnet_v2")
 
 CAVEAT_SHORT = ("The CVM stage is an **estimate** from 19 landmarks, to be read together with age, sex and "
@@ -39,6 +36,7 @@ def default_models(names: list[str], n: int = 2) -> list[str]:
     """The demo models when present, else the first registered ones."""
     picked = [m for m in DEMO if m in names]
     archs = {m.name: m.manifest.get("architecture", "") for m in model_infos()}
+    # ARCH: use ARCHITECTURES[arch].family == "unet" once cvs_core.architectures exists
     rest = sorted((m for m in names if m not in picked), key=lambda m: not archs.get(m, "").startswith("unet"))
     picked += rest
     return picked[:n]
@@ -61,7 +59,7 @@ def _load_predictor(name: str, version: str):
     configure_for_interactive_use()
 
     predictor = Predictor.load(name)
-    _freeze_heap()
+    refreeze_heap()
     loaded_models()[name] = {"family": predictor.family, "architecture": predictor.manifest.get("architecture"),
                              "input": predictor.config.input_size}
     return predictor
@@ -71,6 +69,35 @@ def _load_predictor(name: str, version: str):
 def loaded_models() -> dict:
     """Models loaded in this process (shown in the sidebar)."""
     return {}
+
+
+def forget_model(name: str, version: str) -> None:
+    """Unload one model version (after deleting it): the other loaded models stay loaded."""
+    _load_predictor.clear(name, version)
+    loaded_models().pop(name, None)
+    refreeze_heap()  # collect it now (a frozen heap would keep it forever)
+
+
+def refreeze_heap():
+    """Collect garbage, then move everything still alive (TensorFlow, the loaded models: millions of
+    long-lived objects) out of the garbage collector's view with ``gc.freeze()``.
+
+    Why: without it, the full collections that script reruns trigger walk all those objects and the
+    PCK slider took a median 579 ms per step in the browser instead of 111 ms (same loaded 2-core
+    machine, 12 steps each, 2026-11-29). Why unfreeze first: a plain ``gc.freeze()`` keeps every
+    object that was alive at that moment out of collection for good, so a model evicted from the
+    cache or deleted later would leak; unfreezing, collecting and freezing again on every model load
+    and unload frees those."""
+    import gc
+
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
+def codec_kind(name: str) -> str:
+    """The codec kind ("mask", "heatmap", "regression") of a registered model."""
+    return get_predictor(name).codec.kind
 
 
 def get_predictor(name: str):
@@ -96,8 +123,8 @@ def no_models_message():
                "prepared by `make run` (`python -m cvs_core.cli ensure-models`); you can also train one on the "
                "**Training** page or upload one on the **Models** page.", icon=":material/model_training:")
     c1, c2 = st.columns(2)
-    c1.page_link("pages/training.py", label="Train a model", icon=":material/model_training:")
-    c2.page_link("pages/models.py", label="Upload a model", icon=":material/deployed_code:")
+    c1.page_link("app_pages/training.py", label="Train a model", icon=":material/model_training:")
+    c2.page_link("app_pages/models.py", label="Upload a model", icon=":material/deployed_code:")
 
 
 # ----------------------------------------------------------------------------- samples & images
@@ -107,7 +134,7 @@ def sample_names() -> list[str]:
 
 
 @st.cache_data(show_spinner=False)
-def sample_truth() -> dict[str, np.ndarray]:
+def sample_truth() -> dict:
     """ROI-frame landmarks ``(19, 2)`` of the bundled samples that have labels (LC (1), LC (11))."""
     from cvs_core.annotations import read_annotations
 
@@ -121,7 +148,7 @@ def sample_truth() -> dict[str, np.ndarray]:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def load_sample(name: str, kind: str) -> np.ndarray:
+def load_sample(name: str, kind: str):
     """A bundled sample as greyscale uint8 ``(H, W)``; kind "roi" or "full"."""
     from cvs_core.imaging import read_image
 
@@ -135,71 +162,6 @@ def load_phantom(seed: int, stage: int | None):
 
     ph = render_phantom(int(seed), stage=stage)
     return ph.image, ph.landmarks, ph.stage
-
-
-@dataclass
-class InputImage:
-    """A decoded input kept in session state: only the (possibly downscaled) uint8 pixels.
-
-    image: ``(H, W)`` uint8; kind: "roi" or "full"; spacing_mm: mm/px of ``image`` (None = unknown);
-    truth: ``(19, 2)`` landmarks in ``image``'s frame or None; key: content hash for caching."""
-
-    image: np.ndarray
-    name: str
-    kind: str
-    source: str
-    key: str
-    spacing_mm: float | None = None
-    truth: np.ndarray | None = None
-    true_stage: int | None = None
-    notes: list[str] = field(default_factory=list)
-    original_size: tuple[int, int] | None = None  # (width, height) before downscaling
-    scale: float = 1.0
-
-
-def image_key(image: np.ndarray) -> str:
-    return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()[:16]
-
-
-def decode_upload(name: str, data: bytes, kind: str = "roi", max_side: int = MAX_SIDE) -> InputImage:
-    """Decode uploaded bytes (PNG/JPEG/TIFF/BMP/DICOM) at once into a small uint8 array.
-
-    Wider images (16-bit, DICOM) are range-scaled to uint8; images whose longer side exceeds
-    ``max_side`` are downscaled (INTER_AREA) and their spacing scaled with them. The raw bytes are
-    not kept. Raises ``cvs_core.imaging.ImageError`` with the library's message for bad files."""
-    from cvs_core.imaging import read_image
-    from cvs_core.viz import downscale
-
-    loaded = read_image(data, name=name)
-    grey = loaded.as_uint8()
-    notes = list(loaded.notes)
-    spacing = None
-    if loaded.spacing_mm:
-        spacing = float(np.mean(loaded.spacing_mm))
-        notes.append(f"pixel spacing from the DICOM header: {spacing:.4g} mm/px")
-    small, s = downscale(grey, max_side)
-    if s != 1.0:
-        notes.append(f"downscaled ×{s:.3f} from {grey.shape[1]}×{grey.shape[0]} px for the app")
-        if spacing:
-            spacing /= s
-    return InputImage(image=np.ascontiguousarray(small), name=name, kind=kind, source="upload",
-                      key=image_key(small), spacing_mm=spacing, notes=notes,
-                      original_size=(grey.shape[1], grey.shape[0]), scale=s)
-
-
-def read_truth_csv(data: bytes, image_name: str) -> np.ndarray:
-    """Landmarks ``(19, 2)`` for ``image_name`` from an uploaded study-format CSV (the row whose
-    image_name matches, else the only row). Raises ``ValueError`` with the library's message."""
-    import io
-
-    from cvs_core.annotations import read_annotations
-
-    aset = read_annotations(io.StringIO(data.decode("utf-8-sig", errors="replace")), check_bounds=False)
-    if image_name in aset.names:
-        return aset.get(image_name)
-    if len(aset) == 1:
-        return aset.landmarks[0]
-    raise ValueError(f"the CSV has {len(aset)} rows and none is named {image_name!r}")
 
 
 # ----------------------------------------------------------------------------- predictions
@@ -220,17 +182,6 @@ def predict(model: str, inp: InputImage, roi, overrides: dict | None = None):
     get_predictor(model)  # shows the loading spinner the first time
     return _predict_cached(model, version, inp.key, json.dumps(roi), json.dumps(overrides or {}, sort_keys=True),
                            inp.image)
-
-
-def _freeze_heap():
-    """Move everything allocated so far (TensorFlow/Keras import, loaded models: millions of
-    long-lived objects) out of the garbage collector's view, so the full collections that every
-    few hundred script reruns trigger stay short — otherwise they add 100–300 ms pauses to slider
-    updates (the CLAHE lab's latency budget is 150 ms)."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
 
 
 # ----------------------------------------------------------------------------- system info
@@ -258,7 +209,7 @@ class _Probe:
                 info["gpus"] = []
         except Exception as exc:  # noqa: BLE001
             info["error"] = str(exc)
-        _freeze_heap()
+        refreeze_heap()
         self.info = info
 
 
@@ -268,30 +219,37 @@ def _probe() -> _Probe:
 
 
 def sidebar():
-    """Device, backend, versions and loaded models (probed on a background thread, so the first
-    page shows at once)."""
+    """Device, backend, versions and loaded models. Called after the page ran (so models it loaded
+    are listed); while TensorFlow is still loading on the background thread the box polls every
+    second and re-runs the app once when the probe is done."""
     probe = _probe()
     with st.sidebar:
-        with st.container(border=True):
-            info = probe.info
-            if info is None:
-                probe.thread.join(timeout=0.05)
-                info = probe.info
-            if info is None:
-                st.caption(":material/hourglass_top: probing device (TensorFlow loading)…")
-            elif "error" in info:
-                st.caption(f":material/error: Keras unavailable: {info['error']}")
-            else:
-                gpus = info.get("gpus") or []
-                device = f"GPU × {len(gpus)}" if gpus else "CPU"
-                icon = ":material/memory:" if gpus else ":material/developer_board:"
-                st.markdown(f"{icon} **{device}** · backend `{info.get('backend')}`")
-                st.caption(f"TensorFlow {info.get('tensorflow')} · Keras {info.get('keras')}")
-            loaded = loaded_models()
-            if loaded:
-                st.caption("Loaded: " + ", ".join(f"`{n}`" for n in sorted(loaded)))
-            else:
-                st.caption("No model loaded yet (models load on first use).")
+        if probe.info is None:
+            st.fragment(run_every=1.0)(_sidebar_status)(probe, True)
+        else:
+            _sidebar_status(probe, False)
+
+
+def _sidebar_status(probe, polling: bool):
+    info = probe.info
+    if polling and info is not None:
+        st.rerun(scope="app")  # the probe finished: draw the final box and stop polling
+    with st.container(border=True, key="sidebar_status"):
+        if info is None:
+            st.caption(":material/hourglass_top: probing device (TensorFlow loading)…")
+        elif "error" in info:
+            st.caption(f":material/error: Keras unavailable: {info['error']}")
+        else:
+            gpus = info.get("gpus") or []
+            device = f"GPU × {len(gpus)}" if gpus else "CPU"
+            icon = ":material/memory:" if gpus else ":material/developer_board:"
+            st.markdown(f"{icon} **{device}** · backend `{info.get('backend')}`")
+            st.caption(f"TensorFlow {info.get('tensorflow')} · Keras {info.get('keras')}")
+        loaded = loaded_models()
+        if loaded:
+            st.caption("Loaded: " + ", ".join(f"`{n}`" for n in sorted(loaded)))
+        else:
+            st.caption("No model loaded yet (models load on first use).")
 
 
 # ----------------------------------------------------------------------------- small widgets
@@ -325,25 +283,6 @@ def stage_card(model: str, result, color: str = "#4fc3f7", true_stage: int | Non
             st.dataframe(rows, hide_index=True, width="stretch")
 
 
-def ensure_router():
-    """Streamlit runs in its legacy "pages/ directory" mode until ``st.navigation`` has run once in the
-    process; a first visit straight to e.g. ``/compare`` would then execute the page file without the
-    router (no sidebar, no wide layout). Switch the process to ``st.navigation`` routing and rerun,
-    which runs ``streamlit_app.py`` and lands on the same page. (Uses Streamlit's PagesManager flag.)"""
-    try:
-        from streamlit.runtime.pages_manager import PagesManager
-    except ImportError:  # pragma: no cover - other Streamlit versions
-        return
-    import sys
-
-    # AppTest resets the flag before every run (and a rerun would drop a clicked button's trigger);
-    # only a real server needs the switch, and only once per process.
-    if PagesManager.uses_pages_directory and "streamlit.testing.v1.app_test" not in sys.modules:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
 def page_header(title: str, subtitle: str, icon: str | None = None):
-    ensure_router()
     st.title(f"{icon + ' ' if icon else ''}{title}")
     st.caption(subtitle)

@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-import pandas as pd
 import streamlit as st
 
-from pages import ui
+from app_pages import ui
 
 ui.page_header("PCK evaluation", "Landmark accuracy of the registered models on a labelled dataset. Predictions "
                "are computed once (with a progress bar) and cached; the threshold slider re-scores instantly.",
@@ -18,12 +16,12 @@ if not names:
     ui.no_models_message()
     st.stop()
 
-from cvs_core import evaluate, metrics, viz  # noqa: E402
+from cvs_core import evaluate, pck_view, viz  # noqa: E402
 from cvs_core.runs import extract_dataset_zip  # noqa: E402
 
 ss = st.session_state
 preds_store: dict = ss.setdefault("eval_preds", {})     # (model version, dataset fp, roi) → PredictionSet
-scores_store: dict = ss.setdefault("eval_scores", {})   # (pset key, spacing) → score dict
+scores_store: dict = ss.setdefault("eval_scores", {})   # (pset key, spacing) → pck_view.ModelScore
 sorted_store: dict = ss.setdefault("eval_sorted", {})   # (pset key, unit, spacing) → SortedErrors
 
 AUTO_RUN_MAX = 32  # image × model pairs computed without pressing the button
@@ -50,6 +48,7 @@ with st.container(border=True):
             if kind == "Bundled samples":
                 dataset, roi = _samples(), "none"
                 st.caption("The two public study ROI images with labels (LC (1), LC (11)).")
+                st.caption(f":material/warning: {pck_view.TRAINING_IMAGES_NOTE}")
             elif kind == "Phantoms":
                 p1, p2 = st.columns(2)
                 n = p1.number_input("Number of phantoms", 6, 2000, 24, step=6, key="eval_n")
@@ -138,86 +137,65 @@ def _score(m):
     ps = psets[m]
     k = (ps.key, float(spacing))
     if k not in scores_store:
-        scores_store[k] = evaluate.score(ps, spacing_mm=float(spacing), threshold_mm=2.0)
-        scores_store[k]["mask"] = viz.rendered_mask_dice(ps.pred, ps.true)
+        scores_store[k] = pck_view.score_model(ps, float(spacing))
     return scores_store[k]
 
 
 scores = {m: _score(m) for m in psets}
 
-# ----------------------------------------------------------------------------- threshold
-st.subheader("PCK at a threshold")
-u1, u2 = st.columns([1, 2.2], vertical_alignment="bottom")
-UNITS = {"mm": ("mm", 0.0, 10.0, 2.0, 0.1), "px": ("ROI px", 0.0, 40.0, 8.0, 0.5),
-         "c3": ("× C3 width", 0.0, 0.5, 0.1, 0.01)}
-unit = u1.radio("Threshold in", list(UNITS), horizontal=True, key="eval_unit",
-                format_func=lambda u: {"mm": "mm", "px": "pixels", "c3": "fraction of C3 width"}[u])
-label, lo, hi, default, step = UNITS[unit]
-threshold = u2.slider(f"Threshold ({label})", lo, hi, default, step, key=f"eval_t_{unit}")
-c3w = metrics.c3_width(dataset.landmarks) if unit == "c3" else None
+
+# ----------------------------------------------------------------------------- threshold (a fragment)
+@st.fragment
+def threshold_section():
+    """Only this part re-runs when the unit or the threshold changes (no dataset, no models)."""
+    st.subheader("PCK at a threshold")
+    u1, u2 = st.columns([1, 2.2], vertical_alignment="bottom")
+    unit = u1.radio("Threshold in", list(pck_view.UNITS), horizontal=True, key="eval_unit",
+                    format_func=pck_view.UNIT_NAMES.get)
+    label, lo, hi, default, step = pck_view.UNITS[unit]
+    threshold = u2.slider(f"Threshold ({label})", lo, hi, default, step, key=f"eval_t_{unit}")
+
+    def _sorted(m):
+        k = (psets[m].key, unit, float(spacing))
+        if k not in sorted_store:
+            sorted_store[k] = pck_view.sorted_errors(scores[m], unit, float(spacing), dataset.landmarks)
+        return sorted_store[k]
+
+    se = {m: _sorted(m) for m in psets}
+    mcols = st.columns(len(psets))
+    for col, m in zip(mcols, psets):
+        s = scores[m].summary
+        with col.container(border=True):
+            st.markdown(f"<span style='color:{colors[m]};font-weight:600'>● {m}</span>", unsafe_allow_html=True)
+            k1, k2, k3 = st.columns(3)
+            k1.metric(f"PCK @ {threshold:g} {label}", f"{se[m].pck(threshold) * 100:.1f}%")
+            k2.metric("MRE (mm)", f"{s['mre_mm']:.2f}" if s["mre_mm"] is not None else "—",
+                      help=f"{s['mre_px']:.2f} ROI px ± {s['sd_px']:.2f}" if s["mre_px"] is not None else None)
+            k3.metric("SDR @ 2 mm", f"{s['sdr']['2.0'] * 100:.1f}%")
+
+    grid = pck_view.curve_grid(unit, threshold)
+    f1, f2 = st.columns([1, 1.25])
+    with f1:
+        st.plotly_chart(viz.pck_curve_figure({m: (grid, se[m].curve(grid)) for m in psets}, threshold, label,
+                                             colors=colors), key="eval_curve", config={"displayModeBar": False})
+    with f2:
+        st.plotly_chart(viz.per_landmark_figure({m: se[m].pck_per_landmark(threshold) for m in psets},
+                                                colors=colors), key="eval_bars", config={"displayModeBar": False})
+    st.caption(f"Each predicted landmark is compared with the same-index true landmark; a landmark a model did not "
+               f"find counts as a miss. mm at {spacing:g} mm per ROI px (nominal unless you changed it).")
 
 
-def _sorted(m):
-    ps = psets[m]
-    k = (ps.key, unit, float(spacing))
-    if k not in sorted_store:
-        sorted_store[k] = metrics.SortedErrors(scores[m]["errors_px"], unit=unit,
-                                               spacing_mm=float(spacing) if unit == "mm" else None,
-                                               c3_widths=c3w)
-    return sorted_store[k]
-
-
-se = {m: _sorted(m) for m in psets}
-mcols = st.columns(len(psets))
-for col, m in zip(mcols, psets):
-    s = scores[m]["summary"]
-    with col.container(border=True):
-        st.markdown(f"<span style='color:{colors[m]};font-weight:600'>● {m}</span>", unsafe_allow_html=True)
-        k1, k2, k3 = st.columns(3)
-        k1.metric(f"PCK @ {threshold:g} {label}", f"{se[m].pck(threshold) * 100:.1f}%")
-        k2.metric("MRE (mm)", f"{s['mre_mm']:.2f}" if s["mre_mm"] is not None else "—",
-                  help=f"{s['mre_px']:.2f} ROI px ± {s['sd_px']:.2f}" if s["mre_px"] is not None else None)
-        k3.metric("SDR @ 2 mm", f"{s['sdr']['2.0'] * 100:.1f}%")
-
-max_t = {"mm": max(6.0, threshold * 1.5), "px": max(30.0, threshold * 1.5), "c3": max(0.4, threshold * 1.5)}[unit]
-grid = np.linspace(0, max_t, 121)
-f1, f2 = st.columns([1, 1.25])
-with f1:
-    st.plotly_chart(viz.pck_curve_figure({m: (grid, se[m].curve(grid)) for m in psets}, threshold, label,
-                                         colors=colors), key="eval_curve", config={"displayModeBar": False})
-with f2:
-    st.plotly_chart(viz.per_landmark_figure({m: se[m].pck_per_landmark(threshold) for m in psets}, colors=colors),
-                    key="eval_bars", config={"displayModeBar": False})
-st.caption(f"Each predicted landmark is compared with the same-index true landmark; a landmark a model did not "
-           f"find counts as a miss. mm at {spacing:g} mm per ROI px (nominal unless you changed it).")
+threshold_section()
 
 # ----------------------------------------------------------------------------- tables
 st.subheader("Metrics next to the study's table")
-rows = []
-for m in psets:
-    s = scores[m]["summary"]
-    rows.append({
-        "model": m,
-        "MRE mm": s["mre_mm"], "SD mm": s["sd"], "MRE px": s["mre_px"],
-        "SDR 2 mm": s["sdr"]["2.0"], "SDR 2.5 mm": s["sdr"]["2.5"], "SDR 3 mm": s["sdr"]["3.0"],
-        "SDR 4 mm": s["sdr"]["4.0"], "PCK AUC 0–4 mm": s["pck_auc"],
-        "Dice (masks)": scores[m]["mask"]["dice"], "Dice loss": scores[m]["mask"]["dice_loss"],
-        "MAE px": s["coordinate_mae"],
-        "legacy U-Net PCK": s["legacy"]["unet_pck"], "legacy Inception PCK": s["legacy"]["inception_pck"],
-        "missing": s["n_missing"], "ms / image": s["ms_per_image"],
-    })
-ours = pd.DataFrame(rows)
-pct = {c: st.column_config.NumberColumn(c, format="percent") for c in
-       ("SDR 2 mm", "SDR 2.5 mm", "SDR 3 mm", "SDR 4 mm", "legacy U-Net PCK", "legacy Inception PCK")}
-num = {c: st.column_config.NumberColumn(c, format="%.3f") for c in
-       ("MRE mm", "SD mm", "MRE px", "PCK AUC 0–4 mm", "Dice (masks)", "Dice loss", "MAE px", "ms / image")}
-t1, t2 = st.columns([1.6, 1])
-with t1:
-    st.markdown("**This evaluation**")
-    st.dataframe(ours, hide_index=True, width="stretch", column_config={**pct, **num})
-with t2:
-    st.markdown("**The study reported** (400 private images)")
-    st.dataframe(viz.STUDY_TABLE, hide_index=True, width="stretch")
+ours = pck_view.metrics_table(scores)
+pct = {c: st.column_config.NumberColumn(c, format="percent") for c in pck_view.PERCENT_COLUMNS}
+num = {c: st.column_config.NumberColumn(c, format="%.3f") for c in pck_view.NUMBER_COLUMNS}
+st.markdown("**This evaluation**")
+st.dataframe(ours, hide_index=True, width="stretch", column_config={**pct, **num})
+st.markdown("**The study reported** (400 private images)")
+st.dataframe(viz.STUDY_TABLE, hide_index=True, width="stretch")
 st.caption("The study's PCKs are *legacy* definitions, reproduced here only to compare: the U-Net one ignores "
            "landmark identity (a predicted blob within 5 px of any true blob) and can exceed 100 %; the "
            "Inception one counts a landmark within 40 ROI px (≈ 10 mm). Dice and Dice loss are computed on the "
@@ -226,16 +204,8 @@ st.caption("The study's PCKs are *legacy* definitions, reproduced here only to c
            "(CVnet 2025: MRE 0.66 mm, 98.1 % within 2 mm).")
 
 st.subheader("CVM stage agreement")
-ag_rows = []
-for m in psets:
-    a = scores[m]["summary"]["stage_agreement"]
-    ag_rows.append({"model": m, "vs stage of the true landmarks": a.get("pred_vs_true_landmarks"),
-                    "vs generated / labelled stage": a.get("pred_vs_label"),
-                    "true landmarks vs label": a.get("true_landmarks_vs_label"), "images staged": a.get("n_staged")})
-st.dataframe(pd.DataFrame(ag_rows), hide_index=True, width="stretch",
-             column_config={c: st.column_config.NumberColumn(c, format="percent") for c in
-                            ("vs stage of the true landmarks", "vs generated / labelled stage",
-                             "true landmarks vs label")})
+st.dataframe(pck_view.stage_agreement_table(scores), hide_index=True, width="stretch",
+             column_config={c: st.column_config.NumberColumn(c, format="percent") for c in pck_view.AGREEMENT_COLUMNS})
 st.caption("Share of images whose stage from predicted landmarks equals the reference. Phantoms carry the stage "
            "they were generated for; real images only the stage computed from their annotated landmarks. "
            "Published automatic staging reaches 70–78 %; human raters agree less than half of the time.")
@@ -245,39 +215,25 @@ st.subheader("Worst images")
 g1, g2 = st.columns([1, 3])
 gm = g1.selectbox("Model", list(psets), key="eval_gallery_model")
 k = g1.slider("How many", 1, min(12, len(dataset)), min(4, len(dataset)), key="eval_gallery_n")
-per_image = scores[gm]["per_image"].sort_values("mre_px", ascending=False, na_position="first").head(k)
-g1.download_button("per-image metrics (CSV)", pd.concat([scores[m]["per_image"] for m in psets]).to_csv(index=False),
+worst = pck_view.worst_images(scores[gm], k)
+g1.download_button("per-image metrics (CSV)", pck_view.per_image_csv(scores),
                    file_name="per_image.csv", mime="text/csv", icon=":material/table:", on_click="ignore",
                    key="eval_dl_csv")
-g1.download_button("summary (JSON)", json.dumps({m: scores[m]["summary"] for m in psets}, indent=2, default=str),
+g1.download_button("summary (JSON)", pck_view.summary_json(scores),
                    file_name="summary.json", mime="application/json", icon=":material/data_object:",
                    on_click="ignore", key="eval_dl_json")
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _thumb(path: str, roi_json: str, pred_bytes: bytes, true_bytes: bytes, color: str) -> bytes:
-    from cvs_core.preprocess import PreprocessConfig, select_roi
-
-    grey = evaluate.read_grey(path)
-    r = json.loads(roi_json)
-    if r == "seed":
-        grey, _ = select_roi(grey, PreprocessConfig(roi="seed", roi_scale=0.5))
-    pred = np.frombuffer(pred_bytes).reshape(19, 2)
-    true = np.frombuffer(true_bytes).reshape(19, 2)
-    img = viz.render_overlay(grey, [viz.PointLayer("prediction", pred, color),
-                                    viz.PointLayer("truth", true, viz.TRUTH_COLOR, truth=True)],
-                             scale=1.0, legend=False)
-    return viz.encode_image(img, "jpeg", 85)
+def _thumb(key: str, path: str, roi_json: str, color: str, _pred, _true) -> bytes:
+    return pck_view.thumbnail(path, json.loads(roi_json), _pred, _true, color)
 
 
 with g2:
     gcols = st.columns(4)
     idx_of = {n: i for i, n in enumerate(dataset.names)}
-    for j, (_, row) in enumerate(per_image.iterrows()):
-        i = idx_of[row["image_name"]]
-        ps = psets[gm]
-        thumb = _thumb(str(dataset.image_paths[i]), json.dumps(roi), np.ascontiguousarray(ps.pred[i]).tobytes(),
-                       np.ascontiguousarray(ps.true[i]).tobytes(), colors[gm])
-        mre_txt = f"{row['mre_mm']:.2f} mm" if np.isfinite(row["mre_mm"]) else "—"
-        stage_txt = f" · CS{int(row['stage_pred'])}" if row["stage_pred"] else ""
-        gcols[j % len(gcols)].image(thumb, caption=f"{row['image_name']} · MRE {mre_txt}{stage_txt}", width="stretch")
+    ps = psets[gm]
+    for j, item in enumerate(worst):
+        i = idx_of[item["image_name"]]
+        thumb = _thumb(f"{ps.key}:{i}", str(dataset.image_paths[i]), json.dumps(roi), colors[gm], ps.pred[i], ps.true[i])
+        gcols[j % len(gcols)].image(thumb, caption=item["caption"], width="stretch")

@@ -1,14 +1,14 @@
 """Home: what the app does, a picture, links to each page, caveats."""
 import streamlit as st
 
-from pages import ui
+from app_pages import ui
 
 ui.page_header("CVS Staging Lab",
                "Cervical vertebral maturation from lateral cephalograms — 19 landmarks on C2–C4, "
                "two deep-learning approaches side by side, and the CS1–CS6 stage they imply.",
                ":material/skeleton:")
 
-left, right = st.columns([1.35, 1], gap="large")
+left, right = st.columns([1.05, 1], gap="large")  # the figure wide enough to read its labels
 with left:
     st.markdown(
         """
@@ -27,19 +27,19 @@ coordinates directly):
     )
     st.markdown("#### Pages")
     links = [
-        ("pages/compare.py", "Compare", ":material/compare:",
+        ("app_pages/compare.py", "Compare", ":material/compare:",
          "both models on a sample, a phantom or your image; overlay, table, stage, downloads"),
-        ("pages/clahe_lab.py", "CLAHE lab", ":material/tune:",
+        ("app_pages/clahe_lab.py", "CLAHE lab", ":material/tune:",
          "contrast settings before/after, histograms, live re-prediction"),
-        ("pages/evaluation.py", "PCK evaluation", ":material/query_stats:",
+        ("app_pages/evaluation.py", "PCK evaluation", ":material/query_stats:",
          "dataset metrics with an instant threshold slider, worst-image gallery"),
-        ("pages/training.py", "Training", ":material/model_training:",
+        ("app_pages/training.py", "Training", ":material/model_training:",
          "background training runs with live curves, cancel, register"),
-        ("pages/models.py", "Models", ":material/deployed_code:",
+        ("app_pages/models.py", "Models", ":material/deployed_code:",
          "manifests, metrics, upload a .keras / study .h5, delete"),
     ]
     for path, label, icon, what in links:
-        c1, c2 = st.columns([0.33, 0.67], vertical_alignment="center")
+        c1, c2 = st.columns([0.42, 0.58], vertical_alignment="center")
         c1.page_link(path, label=label, icon=icon)
         c2.caption(what)
 

@@ -1,0 +1,58 @@
+"""What the Models screen shows, without Streamlit: readable manifest parts and upload checks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+ZIP_MAGIC = b"PK\x03\x04"              # a .keras file is a zip archive
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"      # the study's .h5 files
+MODEL_SUFFIXES = (".keras", ".h5")
+
+
+def check_model_file(name: str, head: bytes) -> str:
+    """The suffix (".keras" or ".h5") of an uploaded model file whose first bytes are ``head``.
+
+    Raises ``ValueError`` with a sentence naming the file (never a temporary path) when the name
+    or the content is not a Keras 3 archive / HDF5 file — e.g. a CSV renamed ``.keras``."""
+    suffix = Path(name).suffix.lower()
+    if suffix not in MODEL_SUFFIXES:
+        raise ValueError(f"{name} is not a model file: upload a Keras 3 .keras file or one of the study's "
+                         f".h5 files (got a {suffix or 'file without extension'})")
+    if suffix == ".keras" and not head.startswith(ZIP_MAGIC):
+        raise ValueError(f"{name} is not a Keras 3 .keras file (those are zip archives; this one starts with "
+                         f"{head[:12]!r}). Was another file renamed?")
+    if suffix == ".h5" and not head.startswith(HDF5_MAGIC):
+        raise ValueError(f"{name} is not an HDF5 .h5 file (it starts with {head[:12]!r}). Was another file renamed?")
+    return suffix
+
+
+def weights_checksum(manifest: dict) -> str:
+    """The weights' sha256 as recorded in a manifest: the Keras file's, or the packed int8 parts'."""
+    if manifest.get("weights_sha256"):
+        return f"`{manifest['weights_sha256']}`"
+    packed = manifest.get("packed_weights") or {}
+    files = packed.get("files") or []
+    if files:
+        first = files[0].get("sha256", "")[:16]
+        return f"packed {packed.get('scheme', '')} weights in {len(files)} parts (sha256 of the first: `{first}…`)"
+    return "not recorded"
+
+
+def describe_training_data(data: dict | None) -> list[str]:
+    """Readable lines for a manifest's ``training.data`` (CSV sources with rows and repeats, phantoms)."""
+    data = data or {}
+    lines = []
+    for src in data.get("csv_sources") or []:
+        rows, rep = src.get("rows"), src.get("repeat", 1)
+        lines.append(f"{Path(str(src.get('csv'))).name}: {rows} images" + (f" × {rep} repeats" if rep and rep > 1 else ""))
+    if data.get("phantoms_per_epoch"):
+        lines.append(f"{data['phantoms_per_epoch']} fresh phantoms per epoch")
+    if data.get("n_train_per_epoch"):
+        lines.append(f"{data['n_train_per_epoch']} training images per epoch")
+    if data.get("val_phantoms"):
+        lines.append(f"{data['val_phantoms']} validation phantoms")
+    for key in ("source", "note"):
+        if data.get(key):
+            lines.append(str(data[key]))
+    if not lines:
+        lines = [f"{k}: {v}" for k, v in data.items() if v not in (None, 0, "", [])] or ["not recorded"]
+    return lines
