@@ -10,6 +10,7 @@ import contextlib
 import csv
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -339,19 +340,25 @@ class RunMonitor(_callbacks_module()):
         self.best = None
         self.t0 = time.time()
         self._val_batches = None
-        state = read_json(run_dir / "state.json")
-        self.best = state.get("best_val_mre_px")
+        # The best score is the one stored with the best checkpoint (checkpoints/best.json), so a
+        # resumed run compares against the model it would export, never a stale number.
+        self.best = read_best(run_dir).get("score")
 
     def on_train_begin(self, logs=None):
         try:
             signal.signal(signal.SIGTERM, self._on_sigterm)
         except ValueError:  # not in the main thread
             pass
-        write_status(self.run_dir, "running", epoch=self.start_epoch, epochs=self.config.epochs, best=self.best)
+        write_status(self.run_dir, "running", epoch=self.start_epoch, epochs=self.config.epochs, best=self.best_mre)
 
     def on_train_batch_end(self, batch, logs=None):
         if self.config.time_limit_s and time.time() - self.t0 > self.config.time_limit_s:
             self.model.stop_training = True
+
+    @property
+    def best_mre(self) -> float | None:
+        """The best validation MRE (ROI px), or None when there is no validation set."""
+        return self.best if self.val is not None else None
 
     def _on_sigterm(self, *_):
         self.cancelled = True
@@ -381,8 +388,14 @@ class RunMonitor(_callbacks_module()):
         if mre is not None:
             logs["val_mre_px"] = mre
         logs["lr"] = float(np.asarray(self.model.optimizer.learning_rate))
-        if mre is not None and (self.best is None or mre < self.best):
-            self.best = mre
+        score = mre if mre is not None else (float(logs["loss"]) if "loss" in logs else None)
+        if score is not None and np.isfinite(score) and (self.best is None or score < self.best):
+            self.best = score
+            commit_best(self.model, self.run_dir, score, epoch + 1, "val_mre_px" if mre is not None else "loss")
+        # Order matters for resume after a kill: checkpoint, then state (the commit), then the CSV row
+        # (resume drops rows after the committed epoch, so a row never appears twice).
+        save_model_atomic(self.model, self.run_dir / "checkpoints" / "last.keras")
+        write_json_atomic(self.run_dir / "state.json", {"epoch": epoch + 1, "best_val_mre_px": self.best})
         row = {"epoch": epoch + 1, "time_s": round(time.time() - self.t0, 1),
                **{k: float(v) for k, v in logs.items()}}
         path = self.run_dir / "metrics.csv"
@@ -392,12 +405,77 @@ class RunMonitor(_callbacks_module()):
             if new:
                 w.writeheader()
             w.writerow(row)
-        self.model.save(self.run_dir / "checkpoints" / "last.keras")
-        write_json_atomic(self.run_dir / "state.json", {"epoch": epoch + 1, "best_val_mre_px": self.best})
-        write_status(self.run_dir, "running", epoch=epoch + 1, epochs=self.config.epochs, best=self.best)
+        write_status(self.run_dir, "running", epoch=epoch + 1, epochs=self.config.epochs, best=self.best_mre)
         if self.verbose:
             parts = " ".join(f"{k}={v:.4g}" for k, v in logs.items())
             print(f"epoch {epoch + 1}/{self.config.epochs} {parts}", flush=True)
+
+
+# --- durable checkpoints ---------------------------------------------------------------------------
+
+def save_model_atomic(model, path: Path) -> None:
+    """``model.save(path)`` so that ``path`` is always a complete file: written to a temporary
+    ``.keras`` file in the same folder, then ``os.replace``-d (a kill mid-save leaves the old file)."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # Keras wants the .keras suffix
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_best(run_dir: Path) -> dict:
+    """``checkpoints/best.json``: ``{file, score, epoch, monitor}`` of the best checkpoint, or ``{}``.
+
+    The pointer is only returned when the file it names exists, so it always describes a real model."""
+    best = read_json(Path(run_dir) / "checkpoints" / "best.json")
+    if best.get("file") and (Path(run_dir) / "checkpoints" / best["file"]).is_file():
+        return best
+    return {}
+
+
+def commit_best(model, run_dir: Path, score: float, epoch: int, monitor: str) -> Path:
+    """Save a new best checkpoint durably: ``checkpoints/best-eNNNN.keras`` (atomic), then the pointer
+    ``best.json`` (atomic: this is the commit), then the convenience copy ``best.keras`` and removal of
+    older ``best-e*.keras``. A kill at any point leaves a pointer whose file and score belong together."""
+    ck = Path(run_dir) / "checkpoints"
+    name = f"best-e{epoch:04d}.keras"
+    save_model_atomic(model, ck / name)
+    write_json_atomic(ck / "best.json", {"file": name, "score": float(score), "epoch": int(epoch),
+                                         "monitor": monitor, "time": time.time()})
+    tmp = ck / f".tmp-{os.getpid()}-best.keras"
+    try:
+        os.link(ck / name, tmp)
+    except OSError:
+        import shutil
+        shutil.copyfile(ck / name, tmp)
+    os.replace(tmp, ck / "best.keras")
+    for old in ck.glob("best-e*.keras"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+    return ck / name
+
+
+def _truncate_metrics(run_dir: Path, epochs_done: int) -> None:
+    """Drop ``metrics.csv`` rows after the last committed epoch (written just before a kill)."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    if not lines:
+        return
+    keep = [lines[0]]
+    for line in lines[1:]:
+        try:
+            if int(float(line.split(",", 1)[0])) <= epochs_done:
+                keep.append(line)
+        except ValueError:
+            continue  # a half-written row
+    if keep != lines:
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        tmp.write_text("".join(keep))
+        os.replace(tmp, path)
 
 
 def _model_to_roi_affine(pre: PreprocessConfig) -> np.ndarray:
@@ -469,11 +547,14 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, verbose: boo
         if resume and last.is_file():
             model = keras.saving.load_model(last, custom_objects=CUSTOM_OBJECTS)
             start_epoch = int(read_json(out_dir / "state.json").get("epoch", 0))
+            _truncate_metrics(out_dir, start_epoch)
             if verbose:
                 print(f"resuming from {last} after epoch {start_epoch}", flush=True)
         else:
-            for stale in ("metrics.csv", "state.json"):
+            for stale in ("metrics.csv", "state.json", "checkpoints/best.json", "checkpoints/best.keras"):
                 (out_dir / stale).unlink(missing_ok=True)
+            for stale in (out_dir / "checkpoints").glob("best-e*.keras"):
+                stale.unlink(missing_ok=True)
             if config.init_from:
                 from cvs_core.registry import load_keras_model, resolve_model
                 model = load_keras_model(resolve_model(config.init_from))
@@ -486,9 +567,7 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, verbose: boo
     monitor_key = "val_mre_px" if val_seq is not None else "loss"
     monitor = RunMonitor(out_dir, config, codec, val_seq, start_epoch, verbose)
     callbacks = [
-        monitor,
-        keras.callbacks.ModelCheckpoint(out_dir / "checkpoints" / "best.keras", monitor=monitor_key,
-                                        mode="min", save_best_only=True),
+        monitor,  # also saves the best checkpoint, atomically, with its score (commit_best)
         keras.callbacks.ReduceLROnPlateau(monitor=monitor_key, mode="min", factor=0.5,
                                           patience=config.reduce_lr_patience, min_lr=1e-6),
         keras.callbacks.EarlyStopping(monitor=monitor_key, mode="min", patience=config.early_stopping_patience),
@@ -511,9 +590,10 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, verbose: boo
         write_status(out_dir, "cancelled")
         return out_dir / "model"
 
-    best_path = out_dir / "checkpoints" / "best.keras"
-    final = keras.saving.load_model(best_path if best_path.is_file() else last, custom_objects=CUSTOM_OBJECTS,
-                                    compile=False) if (best_path.is_file() or last.is_file()) else model
+    best = read_best(out_dir)
+    best_path = out_dir / "checkpoints" / best["file"] if best else None
+    final = keras.saving.load_model(best_path if best_path else last, custom_objects=CUSTOM_OBJECTS,
+                                    compile=False) if (best_path or last.is_file()) else model
     pre = config.preprocess_config()
     manifest = base_manifest(
         name=config.name or config.model, architecture=config.model, builder_kwargs=builder_kwargs(config),
@@ -521,9 +601,10 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, verbose: boo
         training={"preset": config.preset, "epochs_run": int(read_json(out_dir / "state.json").get("epoch", 0)),
                   "config": json.loads(config.to_json()), "data": data_summary,
                   "mixed_precision": use_mp},
-        metrics={"best_val_mre_px": monitor.best},
+        metrics={"best_val_mre_px": best.get("score") if best.get("monitor") == "val_mre_px" else None,
+                 "best_epoch": best.get("epoch"), "best_monitor": best.get("monitor")},
         imagenet_weights=bool(getattr(final, "imagenet_loaded", False)),
     )
     folder = save_model_folder(final, out_dir / "model", manifest)
-    write_status(out_dir, "succeeded", best=monitor.best, model_dir=str(folder))
+    write_status(out_dir, "succeeded", best=monitor.best_mre, model_dir=str(folder))
     return folder

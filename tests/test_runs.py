@@ -83,16 +83,17 @@ def test_cancel_stops_the_process_group(home):
         runs.register_run_model(run_id, "nope")
 
 
-def test_killed_run_shows_failed_even_after_app_restart(home):
+def test_killed_run_shows_interrupted_even_after_app_restart(home):
     run_id = runs.start_run(tiny_config(epochs=500, phantoms=64))
     pid = runs.run_info(run_id)["pid"]
     time.sleep(1.0)
     os.killpg(pid, signal.SIGKILL)
     runs._CHILDREN.clear()  # as if the app had restarted: only the files on disk remain
     info = wait_for(run_id, runs.FINAL, timeout=20)
-    assert info["status"] == "failed"
-    assert "process exited" in info["status_text"]
-    assert runs.run_info(run_id)["status"] == "failed"  # persisted
+    assert info["status"] == "interrupted"
+    assert "process exited" in info["status_text"] and info["resumable"]
+    assert runs.run_info(run_id)["status"] == "interrupted"  # persisted
+    assert runs._db_get(run_id)["status"] == "interrupted"  # and in the registry
     with pytest.raises(ValueError):
         runs.run_info("../etc")
 
