@@ -47,6 +47,10 @@ def cmd_predict(args) -> int:
     predictor = Predictor.load(args.model)
     result = predictor.predict(image.pixels, roi=args.roi)
     payload = result.to_json_dict()
+    from cvs_core.predict import prediction_warnings
+    payload["warnings"] = prediction_warnings(image.pixels, result)
+    for w in payload["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
     if args.json:
         print(json.dumps(payload))
     else:

@@ -544,10 +544,12 @@ def delete_run(run_id: str) -> None:
 
 
 # ----------------------------------------------------------------------------- uploaded datasets
+# Defaults only; the limits in force come from cvs_core.limits.limits() (CVS_LIMIT_* variables).
 MAX_ZIP_BYTES = 500 * 2 ** 20        # compressed upload
-MAX_UNPACKED_BYTES = 2 * 2 ** 30     # all members together, uncompressed
+MAX_UNPACKED_BYTES = 1 * 2 ** 30     # all members together, uncompressed
 MAX_MEMBERS = 20_000
 MAX_RATIO = 200                      # uncompressed / compressed, per member (zip bombs)
+MAX_TOTAL_RATIO = 50                 # uncompressed / compressed, whole archive
 
 
 class DatasetZipError(ValueError):
@@ -578,8 +580,12 @@ def extract_dataset_zip(data: bytes, dest_root: Path | None = None) -> tuple[Pat
     ``dest_root/<sha256 prefix>/`` (default ``$CVS_HOME/uploads``); the same zip extracts once.
     Returns ``(csv path, image folder)``: the CSV (``labels.csv`` preferred, else the only/shallowest
     ``.csv``) and the folder holding the images its ``image_name`` column names."""
-    if len(data) > MAX_ZIP_BYTES:
-        raise DatasetZipError(f"the zip is {len(data) / 2**20:.0f} MB; the limit is {MAX_ZIP_BYTES // 2**20} MB")
+    from cvs_core.limits import limits
+    lim = limits()
+    max_unpacked = lim.max_unpacked_bytes
+    if len(data) > lim.max_zip_bytes:
+        raise DatasetZipError(f"the zip is {len(data) / 2**20:.0f} MB; the limit is {lim.max_zip_bytes // 2**20} MB "
+                              f"(CVS_LIMIT_MAX_ZIP_BYTES)")
     digest = hashlib.sha256(data).hexdigest()[:16]
     root = Path(dest_root) if dest_root else cvs_home() / "uploads"
     dest = root / digest
@@ -589,12 +595,16 @@ def extract_dataset_zip(data: bytes, dest_root: Path | None = None) -> tuple[Pat
         except zipfile.BadZipFile as exc:
             raise DatasetZipError(f"not a valid zip file: {exc}") from None
         members = zf.infolist()
-        if len(members) > MAX_MEMBERS:
-            raise DatasetZipError(f"the zip has {len(members)} entries; the limit is {MAX_MEMBERS}")
+        if len(members) > lim.max_zip_members:
+            raise DatasetZipError(f"the zip has {len(members)} entries; the limit is {lim.max_zip_members}")
         declared = sum(m.file_size for m in members)
-        if declared > MAX_UNPACKED_BYTES:
-            raise DatasetZipError(f"the zip unpacks to {declared / 2**30:.1f} GB; the limit is "
-                                  f"{MAX_UNPACKED_BYTES / 2**30:.0f} GB")
+        if declared > max_unpacked:
+            raise DatasetZipError(f"the zip unpacks to {declared / 2**30:.2f} GB; the limit is "
+                                  f"{max_unpacked / 2**30:.2f} GB (CVS_LIMIT_MAX_UNPACKED_BYTES)")
+        if declared > 10 * 2 ** 20 and declared / max(1, len(data)) > lim.max_zip_total_ratio:
+            raise DatasetZipError(f"the zip unpacks to {declared / max(1, len(data)):.0f}× its size (limit "
+                                  f"{lim.max_zip_total_ratio:g}:1, CVS_LIMIT_MAX_ZIP_TOTAL_RATIO) — refusing a "
+                                  f"possible zip bomb; images are already compressed, so a real dataset is near 1:1")
         tmp = root / f".{digest}.{os.getpid()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -606,9 +616,10 @@ def extract_dataset_zip(data: bytes, dest_root: Path | None = None) -> tuple[Pat
                     continue
                 if (m.external_attr >> 16) & 0o170000 == 0o120000:
                     raise DatasetZipError(f"zip member {m.filename!r} is a symbolic link")
-                if m.file_size > 1024 and m.compress_size and m.file_size / m.compress_size > MAX_RATIO:
+                if (m.file_size > 1024 and m.compress_size
+                        and m.file_size / m.compress_size > lim.max_zip_member_ratio):
                     raise DatasetZipError(f"zip member {m.filename!r} is compressed {m.file_size // m.compress_size}:1 "
-                                          f"(limit {MAX_RATIO}:1) — refusing a possible zip bomb")
+                                          f"(limit {lim.max_zip_member_ratio:g}:1) — refusing a possible zip bomb")
                 target = tmp.joinpath(*rel.parts)
                 if not str(target.resolve()).startswith(str(tmp.resolve()) + os.sep):
                     raise DatasetZipError(f"zip member {m.filename!r} points outside the archive")
@@ -616,7 +627,7 @@ def extract_dataset_zip(data: bytes, dest_root: Path | None = None) -> tuple[Pat
                 with zf.open(m) as src, open(target, "wb") as out:
                     while chunk := src.read(1 << 20):
                         total += len(chunk)
-                        if total > MAX_UNPACKED_BYTES:
+                        if total > max_unpacked:
                             raise DatasetZipError("the zip unpacks to more than its declared size limit")
                         out.write(chunk)
         except zipfile.BadZipFile as exc:
@@ -628,7 +639,52 @@ def extract_dataset_zip(data: bytes, dest_root: Path | None = None) -> tuple[Pat
         (tmp / ".complete").write_text("ok")
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(tmp, dest)
-    return _locate_dataset(dest)
+        if dest_root is None:
+            prune_uploads(keep=(dest,))
+    else:
+        os.utime(dest)  # recently used: pruned last
+    try:
+        return _locate_dataset(dest)
+    except DatasetZipError:
+        shutil.rmtree(dest, ignore_errors=True)  # unusable: do not keep it
+        raise
+
+
+@contextlib.contextmanager
+def temporary_dataset(data: bytes):
+    """Extract a dataset zip (as :func:`extract_dataset_zip`) into a fresh temporary folder under
+    ``$CVS_HOME/tmp`` and delete it when the block ends, whatever happens (evaluation uploads)::
+
+        with runs.temporary_dataset(zip_bytes) as (csv_path, image_dir):
+            dataset = evaluate.load_dataset(csv_path, image_dir)
+            ...  # use it fully inside the block
+    """
+    import tempfile
+    base = cvs_home() / "tmp"
+    base.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="dataset-", dir=base))
+    try:
+        yield extract_dataset_zip(data, dest_root=folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def prune_uploads(keep: tuple[Path, ...] = ()) -> list[Path]:
+    """Keep ``$CVS_HOME/uploads`` within ``limits().max_uploads_bytes``: delete the least recently used
+    extracted datasets, never one an active run reads (its config names it) nor those in ``keep``."""
+    from cvs_core.limits import evict_cache_folders, limits
+    root = cvs_home() / "uploads"
+    if not root.is_dir():
+        return []
+    in_use = set(keep)
+    for r in list_runs():
+        if r["status"] in ACTIVE:
+            cfg = read_json(Path(r["dir"]) / "config.json")
+            for p in [*(cfg.get("csv") if isinstance(cfg.get("csv"), list) else [cfg.get("csv")])]:
+                if p and str(p).startswith(str(root)):
+                    in_use.add(root / Path(p).relative_to(root).parts[0])
+    folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "bundled_samples"]
+    return evict_cache_folders(folders, limits().max_uploads_bytes, keep=tuple(in_use))
 
 
 def _locate_dataset(folder: Path) -> tuple[Path, Path]:
