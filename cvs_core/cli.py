@@ -38,12 +38,12 @@ def cmd_synth(args) -> int:
 
 def cmd_predict(args) -> int:
     from cvs_core.imaging import read_image
-    from cvs_core.predict import Predictor
 
-    image = read_image(args.image)  # before the model loads: a bad file costs no model memory
+    image = read_image(args.image)  # before TensorFlow and the model load: a bad file costs no memory
     if isinstance(args.roi, list):
         from cvs_core.limits import check_roi_box
         check_roi_box(args.roi, image.pixels.shape[:2])
+    from cvs_core.predict import Predictor
     predictor = Predictor.load(args.model)
     result = predictor.predict(image.pixels, roi=args.roi)
     payload = result.to_json_dict()
