@@ -164,3 +164,48 @@ def test_model_reload_memory_is_flat():
     print("RSS per round (MB):", [round(v) for v in rss])
     first, last = rss[1], rss[-1]  # round 1 includes one-off TensorFlow initialisation
     assert last < first * 1.15 and last - first < 150, rss
+
+
+def test_model_pool_is_bounded_shared_and_survives_streamlit_cache_clears(tmp_path, monkeypatch):
+    import json
+    import weakref
+
+    from cvs_core.pool import ModelPool
+
+    monkeypatch.setenv("CVS_HOME", str(tmp_path / "home"))
+    folders = []
+    for i in range(3):
+        d = tmp_path / f"m{i}"
+        d.mkdir()
+        (d / "manifest.json").write_text(json.dumps({"name": f"m{i}", "sha256": f"{i}"}))
+        folders.append(d)
+    loads = []
+
+    class Fake:
+        def __init__(self, folder):
+            loads.append(folder.name)
+            time.sleep(0.05)
+
+    pool = ModelPool(max_models=2, loader=Fake)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(pool.get(folders[0]))) for _ in range(6)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert loads == ["m0"] and all(g is got[0] for g in got)  # loaded once, shared by concurrent users
+    first = weakref.ref(got[0])
+    got.clear()
+    pool.get(folders[1])
+    pool.get(folders[2])  # over max_models: m0 (least recently used) is dropped …
+    gc.collect()
+    assert first() is None  # … and really freed
+    assert [Path(p).name for p in pool.loaded()] == ["m1", "m2"]
+    # a replaced model (new sha256) loads afresh; discard drops a deleted model
+    (folders[2] / "manifest.json").write_text(json.dumps({"name": "m2", "sha256": "new"}))
+    pool.get(folders[2])
+    assert loads[-1] == "m2" and len(loads) == 4
+    assert pool.discard(folders[2]) == 2 and pool.discard(folders[2]) == 0  # both versions were held
+    assert pool.loaded() == []
+    pool.get(folders[1])
+    import streamlit as st
+    st.cache_resource.clear()  # what the websocket clear_cache message does: the pool is not affected
+    assert [Path(p).name for p in pool.loaded()] == ["m1"]
