@@ -82,8 +82,13 @@ def cmd_train(args) -> int:
         # The data options must reach the constructor at once: TrainConfig validates that it has
         # training data in __post_init__, so TrainConfig(model, preset) alone always failed.
         config = TrainConfig(model=args.model, preset=args.preset, **overrides)
+    import contextlib
+
     from cvs_core.runs import track_cli_run
-    with track_cli_run(out, config, resume=args.resume):
+    from cvs_core.train import is_chief
+    # In a multi-worker run only the chief registers it (the other workers share its --out).
+    tracking = track_cli_run(out, config, resume=args.resume) if is_chief() else contextlib.nullcontext()
+    with tracking:
         train(config, out_dir=out, resume=args.resume, verbose=not args.quiet)
     return 0
 

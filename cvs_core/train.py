@@ -373,7 +373,10 @@ class RunMonitor(_callbacks_module()):
             self._val_batches = [self.val[b] for b in range(len(self.val))]
         errors = []
         for x, y in self._val_batches:
-            out = np.asarray(self.model.predict_on_batch(x))
+            if self.config.distribute == "multiworker":  # predict_on_batch fails under it (Keras 3)
+                out = np.asarray(self.model(x, training=False))
+            else:
+                out = np.asarray(self.model.predict_on_batch(x))
             for o, t in zip(out, y):
                 pred, _ = self.codec.decode(o)
                 true, _ = self.codec.decode(t)
@@ -503,6 +506,84 @@ def _strategy(config: TrainConfig):
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
+def multiworker_task() -> tuple[str, int, int] | None:
+    """``(task type, task index, number of workers)`` from ``$TF_CONFIG``, or None when it is not set.
+
+    The chief is task ``chief``/0 if the cluster has one, else ``worker``/0; it alone writes the run
+    folder (other workers keep their files in ``<run>/.worker-<i>/``, deleted when they finish)."""
+    import os
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return None
+    try:
+        tf_config = json.loads(raw)
+        task = tf_config["task"]
+        cluster = tf_config["cluster"]
+        n = sum(len(v) for k, v in cluster.items() if k in ("chief", "worker"))
+        return str(task["type"]), int(task["index"]), n
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"TF_CONFIG is not valid JSON with cluster and task: {exc}") from None
+
+
+def is_chief() -> bool:
+    """Whether this process writes the run folder (always, unless it is a non-chief multi-worker task)."""
+    task = multiworker_task()
+    if task is None:
+        return True
+    kind, index, _ = task
+    import os
+    has_chief = "chief" in json.loads(os.environ["TF_CONFIG"]).get("cluster", {})
+    return kind == "chief" or (kind == "worker" and index == 0 and not has_chief)
+
+
+def _fit_distributed(model, strategy, train_seq, config: TrainConfig, callbacks: list, start_epoch: int, loss) -> None:
+    """A training loop for ``MultiWorkerMirroredStrategy``: Keras 3's ``Model.fit`` does not run under
+    it (keras-team/keras#20585: PerReplica inputs reach a tensor conversion). Each worker feeds its own
+    batches (``config.batch_size`` per worker), gradients are averaged across workers by the optimizer's
+    all-reduce, and the usual callbacks (RunMonitor, ReduceLROnPlateau, EarlyStopping) run as in fit."""
+    import keras
+    import tensorflow as tf
+
+    loss_fn = keras.losses.get(loss) if isinstance(loss, str) else loss
+    optimizer = model.optimizer
+    n_replicas = strategy.num_replicas_in_sync
+
+    def replica_step(x, y):
+        with tf.GradientTape() as tape:
+            pred = model(x, training=True)
+            value = tf.reduce_mean(tf.cast(loss_fn(y, pred), tf.float32))
+            scaled = optimizer.scale_loss(value / n_replicas) if hasattr(optimizer, "scale_loss") else value / n_replicas
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return value
+
+    @tf.function
+    def step(x, y):
+        per_replica = strategy.run(replica_step, args=(x, y))
+        return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+
+    cb = keras.callbacks.CallbackList(callbacks, model=model, add_history=False, add_progbar=False)
+    model.stop_training = False
+    steps = config.steps_per_epoch or len(train_seq)
+    cb.on_train_begin()
+    for epoch in range(start_epoch, config.epochs):
+        cb.on_epoch_begin(epoch)
+        total = 0.0
+        for i in range(steps):
+            x, y = train_seq[i % len(train_seq)]
+            value = float(step(tf.constant(x), tf.constant(y)))
+            total += value
+            cb.on_train_batch_end(i, {"loss": value})
+            if model.stop_training:
+                break
+        logs = {"loss": total / max(1, i + 1)}
+        train_seq.on_epoch_end()
+        cb.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    cb.on_train_end()
+
+
 def _gpu_available() -> bool:
     import keras
     backend = keras.backend.backend()
@@ -530,6 +611,9 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, verbose: boo
     from cvs_core.registry import base_manifest, save_model_folder
 
     out_dir = Path(out_dir)
+    chief_dir = None
+    if config.distribute == "multiworker" and not is_chief():  # keep a non-chief worker's files apart
+        chief_dir, out_dir = out_dir, out_dir / f".worker-{multiworker_task()[1]}"
     (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(config.to_json())
     keras.utils.set_random_seed(config.seed)
@@ -538,6 +622,8 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, verbose: boo
 
     codec = make_codec(config)
     train_seq, val_seq, data_summary = build_datasets(config, codec)
+    if config.distribute == "multiworker" and multiworker_task():  # each worker its own batches
+        train_seq.seed = config.seed + 7919 * multiworker_task()[1]
     loss, metrics = loss_for(config)
     last = out_dir / "checkpoints" / "last.keras"
     start_epoch = 0
@@ -565,6 +651,11 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, verbose: boo
     train_seq._order = train_seq._make_order()
 
     monitor_key = "val_mre_px" if val_seq is not None else "loss"
+    if config.distribute == "multiworker":
+        # Workers must take the same LR / early-stopping decisions or one waits forever in an
+        # all-reduce: decide on the all-reduced training loss, identical on every worker (each
+        # worker's validation error differs slightly: BatchNorm moving statistics are per worker).
+        monitor_key = "loss"
     monitor = RunMonitor(out_dir, config, codec, val_seq, start_epoch, verbose)
     callbacks = [
         monitor,  # also saves the best checkpoint, atomically, with its score (commit_best)
@@ -573,7 +664,7 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, verbose: boo
         keras.callbacks.EarlyStopping(monitor=monitor_key, mode="min", patience=config.early_stopping_patience),
         *(extra_callbacks or []),
     ]
-    if keras.backend.backend() == "tensorflow":
+    if keras.backend.backend() == "tensorflow" and config.distribute != "multiworker":
         callbacks.append(keras.callbacks.TensorBoard(out_dir / "tensorboard", write_graph=False))
     if start_epoch >= config.epochs:
         if verbose:
@@ -581,14 +672,21 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, verbose: boo
     else:
         write_status(out_dir, "running", epoch=start_epoch, epochs=config.epochs)
         try:
-            model.fit(train_seq, epochs=config.epochs, initial_epoch=start_epoch, callbacks=callbacks,
-                      verbose=0, steps_per_epoch=config.steps_per_epoch)
+            if config.distribute == "multiworker":
+                _fit_distributed(model, strategy, train_seq, config, callbacks, start_epoch, loss)
+            else:
+                model.fit(train_seq, epochs=config.epochs, initial_epoch=start_epoch, callbacks=callbacks,
+                          verbose=0, steps_per_epoch=config.steps_per_epoch)
         except Exception as exc:
             write_status(out_dir, "failed", error=f"{type(exc).__name__}: {exc}")
             raise
     if monitor.cancelled:
         write_status(out_dir, "cancelled")
         return out_dir / "model"
+    if chief_dir is not None:  # a non-chief worker: the chief exports the model
+        import shutil
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return chief_dir / "model"
 
     best = read_best(out_dir)
     best_path = out_dir / "checkpoints" / best["file"] if best else None
