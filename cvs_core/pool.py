@@ -82,10 +82,87 @@ class ModelPool:
                 del self._items[k]
             return len(drop)
 
+    def get_batched(self, name_or_dir: str | Path) -> BatchingPredictor:
+        """The model wrapped in a :class:`BatchingPredictor` (one per loaded model, shared)."""
+        model = self.get(name_or_dir)
+        with self._lock:
+            wrapped = getattr(model, "_cvs_batcher", None)
+            if wrapped is None:
+                wrapped = BatchingPredictor(model)
+                try:
+                    model._cvs_batcher = wrapped
+                except AttributeError:
+                    pass
+            return wrapped
+
     def loaded(self) -> list[str]:
         """Folder paths of the loaded models, least recently used first."""
         with self._lock:
             return [k[0] for k in self._items]
+
+
+class BatchingPredictor:
+    """Concurrent ``predict`` calls on one model, gathered into shared model calls.
+
+    Callers (one per browser session) block only for their own result; a dispatcher thread takes
+    every request waiting at that moment (up to ``max_batch``, with the same ROI setting), after
+    waiting at most ``window_s`` for more to arrive, and runs them through one
+    ``predictor.predict_batch`` — so N simultaneous users cost a few batched model calls instead of N
+    serial ones, and each gets its result as soon as its batch is done. Thread-safe; the wrapped
+    predictor is used from the dispatcher thread only."""
+
+    def __init__(self, predictor, max_batch: int = 8, window_s: float = 0.01):
+        import queue
+        self.predictor = predictor
+        self.max_batch = max(1, int(max_batch))
+        self.window_s = float(window_s)
+        self._queue: "queue.Queue" = queue.Queue()
+        self.batches: list[int] = []  # sizes of the model calls made (for tests and benchmarks)
+        self._thread = threading.Thread(target=self._loop, name="cvs-batcher", daemon=True)
+        self._thread.start()
+
+    def __getattr__(self, name):  # name, manifest, config, codec … of the wrapped predictor
+        return getattr(self.predictor, name)
+
+    def predict(self, image, roi=None):
+        """Like ``Predictor.predict``: one ``(H, W)`` greyscale image → its ``Prediction``."""
+        from concurrent.futures import Future
+        fut: Future = Future()
+        self._queue.put((image, roi, fut))
+        return fut.result()
+
+    def _loop(self):
+        import json
+        import queue
+        import time as _time
+        pending: list = []
+        while True:
+            if not pending:
+                pending.append(self._queue.get())
+            deadline = _time.monotonic() + self.window_s
+            while len(pending) < self.max_batch:
+                left = deadline - _time.monotonic()
+                try:
+                    pending.append(self._queue.get(timeout=max(0.0, left)) if left > 0 else self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            key = json.dumps(pending[0][1])
+            batch = [r for r in pending if json.dumps(r[1]) == key]
+            pending = [r for r in pending if json.dumps(r[1]) != key]
+            try:
+                results = self.predictor.predict_batch([r[0] for r in batch], roi=batch[0][1])
+                self.batches.append(len(batch))
+                for (_, _, fut), res in zip(batch, results):
+                    fut.set_result(res)
+            except BaseException as exc:  # noqa: BLE001 - one bad image must not fail the others
+                if len(batch) == 1:
+                    batch[0][2].set_exception(exc)
+                    continue
+                for image, roi, fut in batch:  # retry one by one so each caller gets its own error
+                    try:
+                        fut.set_result(self.predictor.predict_batch([image], roi=roi)[0])
+                    except BaseException as one:  # noqa: BLE001
+                        fut.set_exception(one)
 
 
 _POOL: ModelPool | None = None

@@ -209,3 +209,72 @@ def test_model_pool_is_bounded_shared_and_survives_streamlit_cache_clears(tmp_pa
     import streamlit as st
     st.cache_resource.clear()  # what the websocket clear_cache message does: the pool is not affected
     assert [Path(p).name for p in pool.loaded()] == ["m1"]
+
+
+def test_batching_predictor_groups_concurrent_requests_and_isolates_errors():
+    from cvs_core.pool import BatchingPredictor
+
+    class Slow:
+        name = "slow"
+
+        def __init__(self):
+            self.calls = []
+
+        def predict_batch(self, images, roi=None):
+            self.calls.append(len(images))
+            time.sleep(0.2)
+            out = []
+            for im in images:
+                if im is None:
+                    raise ValueError("bad image")
+                out.append((float(np.asarray(im).mean()), roi))
+            return out
+
+    slow = Slow()
+    bp = BatchingPredictor(slow, max_batch=8, window_s=0.05)
+    assert bp.name == "slow"
+    results, errors = {}, {}
+
+    def user(i):
+        try:
+            results[i] = bp.predict(None if i == 3 else np.full((4, 4), i), roi="none")
+        except ValueError as exc:
+            errors[i] = str(exc)
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(6)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    elapsed = time.perf_counter() - t0
+    assert results == {i: (float(i), "none") for i in range(6) if i != 3}  # each gets its own result
+    assert errors == {3: "bad image"}
+    assert slow.calls[0] == 6 and elapsed < 6 * 0.2 + 1.0  # one shared call, then one-by-one retries
+
+    slow.calls.clear()
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=user, args=(i,)) for i in (10, 11, 12, 13)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert slow.calls == [4] and time.perf_counter() - t0 < 0.6  # four users, one model call
+
+
+def test_batched_predictions_equal_single_ones():
+    from cvs_core.imaging import read_image
+    from cvs_core.pool import ModelPool
+
+    pool = ModelPool(1)
+    predictor = pool.get("unet_heatmap")
+    images = [read_image(REPO / "data" / "samples" / "roi" / f"LC ({k}).jpg").pixels for k in (1, 11)]
+    images += [np.ascontiguousarray(images[0][:, ::-1]), np.clip(images[1].astype(int) + 20, 0, 255).astype(np.uint8)]
+    single = [predictor.predict(im) for im in images]
+    batched = pool.get_batched("unet_heatmap")
+    assert pool.get_batched("unet_heatmap") is batched
+    out = [None] * len(images)
+
+    def user(i):
+        out[i] = batched.predict(images[i])
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(len(images))]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    for s, b in zip(single, out):
+        np.testing.assert_allclose(b.landmarks, s.landmarks, atol=1e-3)
+    assert sum(batched.batches) == len(images) and max(batched.batches) >= 2
