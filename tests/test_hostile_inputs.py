@@ -47,8 +47,10 @@ def run_cli(*args, env_home: Path | None = None) -> tuple[int, str, str, float]:
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
     if env_home is not None:
         env["CVS_HOME"] = str(env_home)
-    code = ("import resource, sys; from cvs_core.cli import main; rc = main(sys.argv[1:]); "
-            "print(f'@@RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}', file=sys.stderr); sys.exit(rc)")
+    # VmHWM: this process's peak RSS (ru_maxrss would include the forking pytest process's memory)
+    code = ("import sys; from cvs_core.cli import main; rc = main(sys.argv[1:]); "
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]; "
+            "print(f'@@RSS {hwm}', file=sys.stderr); sys.exit(rc)")
     out = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=300)
     rss = [ln for ln in out.stderr.splitlines() if ln.startswith("@@RSS")]
     stderr = "\n".join(ln for ln in out.stderr.splitlines() if not ln.startswith("@@RSS"))
@@ -261,3 +263,49 @@ def test_temporary_dataset_is_always_deleted(home):
             raise RuntimeError("the page failed half-way")
     assert not folder.exists()
     assert not any((home / "tmp").iterdir())
+
+
+HOSTILE_SCRIPT = r"""
+import io, json, sys, zipfile
+import numpy as np, psutil, cv2
+from pathlib import Path
+from cvs_core import runs
+from cvs_core.imaging import read_image
+from cvs_core.limits import LimitError
+idle = psutil.Process().memory_info().rss / 2**20
+tiff = Path(sys.argv[1]).read_bytes()
+ok, strip = cv2.imencode(".png", np.full((10, 10000), 9, np.uint8))
+buf = io.BytesIO()
+with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+    chunk = np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes()
+    zf.writestr("labels.csv", "image_name,1_x\n")
+    zf.writestr("blob.bin", (chunk + b"\0" * 300_000) * 40)
+refused = 0
+for _ in range(3):
+    for src, name in ((tiff, "bomb.tif"), (strip.tobytes(), "strip.png"), ("/dev/zero", None)):
+        try:
+            read_image(src, name=name)
+        except (ValueError, LimitError):
+            refused += 1
+    try:
+        runs.extract_dataset_zip(buf.getvalue())
+    except ValueError:
+        refused += 1
+peak = int([l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]) / 1024
+print(json.dumps({"idle_mb": idle, "peak_mb": peak, "refused": refused}))
+"""
+
+
+def test_hostile_uploads_keep_memory_within_1_5x_idle(float_tiff, tmp_path):
+    """The issue's acceptance: memory within 1.5× of idle through the hostile uploads (measured in a
+    fresh process: its RSS after imports vs its peak RSS after three rounds of every hostile input)."""
+    import json
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), CVS_HOME=str(tmp_path / "home"))
+    out = subprocess.run([sys.executable, "-c", HOSTILE_SCRIPT, str(float_tiff)], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    m = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"hostile uploads: idle {m['idle_mb']:.0f} MB, peak {m['peak_mb']:.0f} MB")
+    assert m["refused"] == 12
+    assert m["peak_mb"] < 1.5 * m["idle_mb"], m
