@@ -193,6 +193,9 @@ def track_cli_run(out_dir: Path, config, resume: bool = False, owner: str | None
     info = read_json(d / "run.json")
     previous = _db_get(run_id) or {}
     pid = os.getpid()
+    if info.get("pid") and info["pid"] != pid and _alive(run_id, info):
+        raise ValueError(f"run {run_id} ({d}) is already being trained by process {info['pid']}; "
+                         f"cancel it first or use another --out")
     info.update({"id": run_id, "pid": pid, "pgid": os.getpgid(pid), "start_ticks": _proc_start_ticks(pid),
                  "host": socket.gethostname(), "model": config.model, "name": config.name,
                  "cancel_requested": False, "cmd": info.get("cmd") or sys.argv})
