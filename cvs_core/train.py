@@ -3,6 +3,11 @@
 A run folder holds ``config.json``, ``metrics.csv`` (one row per epoch, readable while training),
 ``status.json``, ``log.txt`` (written by the caller), ``checkpoints/{best,last}.keras``,
 ``tensorboard/`` and, at the end, ``model/`` (a model folder with manifest).
+
+Durability: every checkpoint is written to a temporary file and ``os.replace``-d; the best one is
+``checkpoints/best-eNNNN.keras`` whose score and epoch are committed in ``checkpoints/best.json``
+(:func:`commit_best`), so a run killed at any moment resumes (``resume=True``) with its true best and
+exports exactly that checkpoint with that score.
 """
 from __future__ import annotations
 

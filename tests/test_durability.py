@@ -69,10 +69,10 @@ def _weights(path: Path):
 
 
 def test_sigkill_mid_epoch_then_resume_exports_the_best_checkpoint(home):
-    run_id = runs.start_run(tiny_config(epochs=5), owner="alice")
+    run_id = runs.start_run(tiny_config(epochs=5, phantoms=48), owner="alice")  # 12 steps an epoch
     d = runs.run_dir(run_id)
     wait_epochs(d, 2)
-    time.sleep(0.4)  # into the next epoch
+    time.sleep(0.2)  # into the next epoch
     os.killpg(runs.run_info(run_id)["pid"], signal.SIGKILL)
     runs._CHILDREN.clear()  # as after an app restart: only the disk and the registry remain
     info = wait_for(run_id, runs.FINAL, timeout=30)
