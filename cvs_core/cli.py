@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -21,26 +22,42 @@ def _roi_arg(text: str):
     return box
 
 
+MAX_SYNTH = 100_000  # phantoms per synth call (≈ 90 KB each on disk)
+
+
 def cmd_synth(args) -> int:
     from cvs_core.synth import write_phantom_dataset
 
-    csv_path = write_phantom_dataset(Path(args.out), n=args.n, seed=args.seed, progress=not args.quiet)
+    out = Path(args.out)
+    if not 1 <= args.n <= MAX_SYNTH:
+        raise ValueError(f"--n must be between 1 and {MAX_SYNTH}, got {args.n}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder (it will hold images/ and labels.csv)")
+    csv_path = write_phantom_dataset(out, n=args.n, seed=args.seed, progress=not args.quiet)
     print(f"wrote {args.n} phantoms and {csv_path}")
     return 0
 
 
 def cmd_predict(args) -> int:
     from cvs_core.imaging import read_image
-    from cvs_core.predict import Predictor
 
+    image = read_image(args.image)  # before TensorFlow and the model load: a bad file costs no memory
+    if isinstance(args.roi, list):
+        from cvs_core.limits import check_roi_box
+        check_roi_box(args.roi, image.pixels.shape[:2])
+    from cvs_core.predict import Predictor
     predictor = Predictor.load(args.model)
-    image = read_image(args.image)
     spacing = args.spacing
     if spacing is None and image.spacing_mm is not None:  # DICOM header (row, col) mm/px
         spacing = float(np.mean(image.spacing_mm))
     result = predictor.predict(image.pixels, roi=args.roi, spacing_mm=spacing)
+    payload = result.to_json_dict()
+    from cvs_core.predict import prediction_warnings
+    payload["warnings"] = prediction_warnings(image.pixels, result)
+    for w in payload["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
     if args.json:
-        print(json.dumps(result.to_json_dict()))
+        print(json.dumps(payload))
     else:
         print(result.to_text())
     return 0
@@ -49,16 +66,32 @@ def cmd_predict(args) -> int:
 def cmd_train(args) -> int:
     from cvs_core.train import TrainConfig, train
 
-    if args.config:
-        config = TrainConfig.from_json(Path(args.config).read_text())
-    else:
-        config = TrainConfig(model=args.model, preset=args.preset)
     overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "csv", "images", "phantoms",
                                                 "seed", "distribute", "val_phantoms")
                  if getattr(args, k, None) is not None}
-    if overrides:
-        config = config.replace(**overrides)
-    train(config, out_dir=Path(args.out), resume=args.resume, verbose=not args.quiet)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a run folder")
+    if args.config:
+        config = TrainConfig.from_json(Path(args.config).read_text())
+        if overrides:
+            config = config.replace(**overrides)
+    elif args.resume and (out / "config.json").is_file():  # `cvs train --resume --out RUN`
+        config = TrainConfig.from_json((out / "config.json").read_text())
+        if overrides:
+            config = config.replace(**overrides)
+    else:
+        # The data options must reach the constructor at once: TrainConfig validates that it has
+        # training data in __post_init__, so TrainConfig(model, preset) alone always failed.
+        config = TrainConfig(model=args.model, preset=args.preset, **overrides)
+    import contextlib
+
+    from cvs_core.runs import track_cli_run
+    from cvs_core.train import is_chief
+    # In a multi-worker run only the chief registers it (the other workers share its --out).
+    tracking = track_cli_run(out, config, resume=args.resume) if is_chief() else contextlib.nullcontext()
+    with tracking:
+        train(config, out_dir=out, resume=args.resume, verbose=not args.quiet)
     return 0
 
 
@@ -70,6 +103,9 @@ def cmd_evaluate(args) -> int:
 
 def cmd_stage(args) -> int:
     from cvs_core.staging import stage_command
+
+    if Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a folder; give a CSV file name (e.g. {Path(args.out) / 'stages.csv'})")
 
     return stage_command(args)
 
@@ -187,6 +223,21 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("error: out of memory (the input is too large for this machine; see cvs_core.limits)", file=sys.stderr)
+        return 3
+    except OSError as exc:  # permissions, disk full, a folder where a file was expected …
+        print(f"error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - bad input must never end in a traceback
+        if os.environ.get("CVS_DEBUG"):
+            raise
+        print(f"error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''} "
+              f"(set CVS_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

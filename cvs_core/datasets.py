@@ -128,6 +128,10 @@ def phantom_dataset(n: int = 32, seed: int = 0, cache_dir: Path | None = None, s
         except OSError:  # written concurrently by someone else: use theirs
             import shutil
             shutil.rmtree(tmp, ignore_errors=True)
+        from cvs_core.limits import evict_phantom_cache
+        evict_phantom_cache(base, keep=(folder,))  # ≈ 90 KB per phantom: bounded by max_phantom_cache_bytes
+    else:
+        os.utime(folder)  # recently used: evicted last
     ds = load_dataset(csv_path, folder / "images", spacing_mm=spacing_mm)
     ds.source = f"phantoms n={n} seed={seed}"
     return ds

@@ -28,7 +28,7 @@ import io
 import os
 import string
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Union
 
@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 from PIL import BmpImagePlugin, Image, ImageOps, JpegImagePlugin, PngImagePlugin
 
+from cvs_core.limits import LimitError, check_image_header, limits, read_file_bounded
 from cvs_core.preprocess import to_uint8
 
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
@@ -59,6 +60,10 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyErr
 
 class ImageError(ValueError):
     """An input image that cannot be used; the message names the file and the problem."""
+
+
+class ImageLimitError(ImageError, LimitError):
+    """An image over one of the lab's resource limits (:mod:`cvs_core.limits`)."""
 
 
 @dataclass
@@ -110,6 +115,8 @@ def read_image(path_or_bytes: ImageSource, name: str | None = None,
     checked from the header before decoding (``None`` disables it).
     Returns a :class:`LoadedImage` with ``pixels`` shaped ``(H, W)``. Raises :class:`ImageError`.
     """
+    if max_pixels == DEFAULT_MAX_PIXELS:  # the default follows CVS_LIMIT_MAX_PIXELS
+        max_pixels = limits().max_pixels
     data, label = _read_bytes(path_or_bytes, name)
     fmt, has_magic = _detect(data, label)
     if fmt == "DICOM":
@@ -193,7 +200,9 @@ def _read_bytes(src: ImageSource, name: str | None) -> tuple[bytes, str]:
         path = Path(src)
         _check_path(path, label)
         try:
-            data = path.read_bytes()
+            data = read_file_bounded(path, label)
+        except LimitError as exc:
+            raise ImageLimitError(str(exc)) from None
         except OSError as exc:
             raise ImageError(f"'{label}' cannot be read ({exc.strerror or exc})") from exc
     elif hasattr(src, "read"):
@@ -208,6 +217,9 @@ def _read_bytes(src: ImageSource, name: str | None) -> tuple[bytes, str]:
             raise ImageError(f"'{label}' was opened in text mode; open it with 'rb'")
     else:
         raise TypeError(f"read_image expects a path, bytes or a binary file object, got {type(src).__name__}")
+    if len(data) > limits().max_file_bytes:
+        raise ImageLimitError(f"'{label}' is {len(data) / 2**20:.1f} MB, over the {limits().max_file_bytes / 2**20:.0f} MB "
+                              f"per-file limit (CVS_LIMIT_MAX_FILE_BYTES)")
     if not data:
         raise ImageError(f"'{label}' is empty (0 bytes)")
     return data, label
@@ -235,14 +247,23 @@ def _detect(data: bytes, label: str) -> tuple[str, bool]:
     raise ImageError(f"'{label}' is not a recognised image (PNG, JPEG, TIFF, BMP or DICOM){hint}")
 
 
-def _check_size(label: str, width: int, height: int, max_pixels: int | None) -> None:
-    """Reject images under ``MIN_SIDE`` px a side or over ``max_pixels`` (from the header)."""
+def _check_size(label: str, width: int, height: int, max_pixels: int | None, samples: int = 1,
+                bytes_per_sample: float = 1, frames: int = 1) -> None:
+    """Reject images under ``MIN_SIDE`` px a side or over ``max_pixels`` (from the header), then
+    apply :func:`cvs_core.limits.check_image_header` (decoded bytes as stored — ``samples`` per pixel
+    of ``bytes_per_sample`` each, ``frames`` at once — and aspect ratio) before anything is decoded."""
     if width < MIN_SIDE or height < MIN_SIDE:
         raise ImageError(f"'{label}' is {width}×{height} px; at least {MIN_SIDE}×{MIN_SIDE} needed")
     if max_pixels is not None and width * height > max_pixels:
-        raise ImageError(
+        raise ImageLimitError(
             f"'{label}' declares {width}×{height} = {_megapixels(width * height)} megapixels, over the "
             f"{_megapixels(max_pixels)}-megapixel limit; downscale it or raise max_pixels")
+    lim = limits()
+    try:
+        check_image_header(label, width, height, samples, bytes_per_sample, frames,
+                           lim=replace(lim, max_pixels=10 ** 15))
+    except LimitError as exc:
+        raise ImageLimitError(str(exc)) from None
 
 
 def _megapixels(n: int) -> str:
@@ -302,7 +323,7 @@ def _read_pil(data: bytes, label: str, fmt: str, max_pixels: int | None) -> Load
     except _DECODE_ERRORS as exc:
         raise _truncated(label, fmt, exc) from exc
     width, height = im.size
-    _check_size(label, width, height, max_pixels)
+    _check_size(label, width, height, max_pixels, *_pil_sample_layout(im.mode))
     notes: list[str] = []
     try:
         im.load()
@@ -317,6 +338,17 @@ def _read_pil(data: bytes, label: str, fmt: str, max_pixels: int | None) -> Load
         raise _truncated(label, fmt, exc) from exc
     return LoadedImage(pixels=pixels, spacing_mm=None, source=label, format=fmt,
                        original_dtype=original_dtype, notes=notes)
+
+
+def _pil_sample_layout(mode: str) -> tuple[int, float]:
+    """``(samples per pixel, bytes per sample)`` Pillow holds for an image mode (RGB is stored as 4)."""
+    if mode in ("1", "L", "P", "La", "LA", "PA"):
+        return (1 if mode in ("1", "L", "P") else 2), 1
+    if mode.startswith("I;16"):
+        return 1, 2
+    if mode in ("I", "F"):
+        return 1, 4
+    return 4, 1  # RGB, RGBA, CMYK, YCbCr, LAB, HSV: 4 bytes per pixel in Pillow
 
 
 def _pil_to_grey(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, str]:
@@ -395,9 +427,12 @@ def _decode_tiff(data: bytes, label: str, max_pixels: int | None) -> LoadedImage
         try:
             page = tif.pages[0]
             width, height = int(page.imagewidth), int(page.imagelength)
+            samples = int(page.samplesperpixel or 1)
+            bytes_per_sample = max(1, int(page.bitspersample or 8)) / 8
+            depth = int(getattr(page, "imagedepth", 1) or 1)
         except _DECODE_ERRORS + (tifffile.TiffFileError,) as exc:
             raise _truncated(label, "TIFF", exc) from exc
-        _check_size(label, width, height, max_pixels)
+        _check_size(label, width, height, max_pixels, samples, bytes_per_sample, depth)
         try:
             arr = page.asarray()
             axes = page.axes
@@ -516,9 +551,10 @@ def _decode_dicom(data: bytes, label: str, max_pixels: int | None, has_magic: bo
     rows, cols = ds.get("Rows"), ds.get("Columns")
     if rows is None or cols is None:
         raise ImageError(f"'{label}' is truncated or corrupt (DICOM: Rows/Columns missing)")
-    _check_size(label, int(cols), int(rows), max_pixels)
-    notes: list[str] = []
     frames = int(ds.get("NumberOfFrames", 1) or 1)
+    _check_size(label, int(cols), int(rows), max_pixels, int(ds.get("SamplesPerPixel", 1) or 1),
+                max(8, int(ds.get("BitsAllocated", 16) or 16)) / 8)  # one frame is decoded
+    notes: list[str] = []
     try:
         raw = pixel_array(ds, index=0) if frames > 1 else pixel_array(ds)
     except MemoryError:

@@ -275,3 +275,27 @@ class Predictor:
                                   spacing_mm=None if spacing_mm is None else float(spacing_mm), roi_result=f,
                                   fit_ok=ok, fit_quality=quality, fit_message=message))
         return out
+
+
+LOW_CONFIDENCE = 0.2  # median heatmap peak below this: the model found no vertebrae it recognises
+
+
+def prediction_warnings(image: np.ndarray, prediction: Prediction) -> list[str]:
+    """Plain-language warnings to show next to a prediction (and its CVM stage).
+
+    image: the greyscale ``(H, W)`` input as given to :meth:`Predictor.predict`. Flags a blank or
+    uniform image (grey-level standard deviation under 1, e.g. an all-black upload) and, for
+    heatmap/mask models, a median landmark confidence under ``LOW_CONFIDENCE`` (on the real public
+    samples the U-Net's median is ≈ 0.7; on blank, uniform grey or noise images ≈ 0.01). Regression
+    models give no confidence, so only the blank check applies to them. Empty list = nothing to flag."""
+    out = []
+    arr = np.asarray(image)
+    if arr.size and float(np.nanstd(arr.astype(np.float32))) < 1.0:
+        out.append("the image is blank or uniform: the landmarks and the stage derived from them are meaningless")
+    conf = np.asarray(prediction.confidence, dtype=np.float64)
+    if conf.size and np.isfinite(conf).any():
+        median = float(np.nanmedian(conf))
+        if median < LOW_CONFIDENCE:
+            out.append(f"low confidence (median {median:.2f} < {LOW_CONFIDENCE}): the model does not recognise "
+                       f"vertebrae here — check the image and the ROI before reading the landmarks or stage")
+    return out

@@ -209,6 +209,9 @@ def select_roi(grey: np.ndarray, config: PreprocessConfig) -> tuple[np.ndarray, 
     h, w = grey.shape[:2]
     if x0 >= w or y0 >= h:
         raise ValueError(f"ROI box {list(box)} lies outside the {w}×{h} image")
+    if config.roi != "seed" and config.roi != "none":
+        from cvs_core.limits import check_roi_box
+        check_roi_box(box, (h, w))  # a box far past the image would allocate its whole padded size
     crop = grey[y0:min(y1, h), x0:min(x1, w)]
     if crop.shape != (y1 - y0, x1 - x0):
         # Pad with black where the box runs past the image (keeps the ROI size and the affine).

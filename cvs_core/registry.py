@@ -183,9 +183,11 @@ def load_legacy_h5(path: Path, architecture: str | None = None, builder_kwargs: 
         return _with_standard_layers(model)
     if architecture is None:
         raise ModelError(f"{path.name} holds weights only; say which architecture it belongs to")
-    try:
+    from cvs_core.limits import LimitError, check_builder_kwargs
+    try:  # bounded before building: {"n_filters": 1024} would allocate > 5 GB
+        builder_kwargs = check_builder_kwargs(builder_kwargs)
         spec = get_arch(architecture)
-    except ValueError as exc:
+    except (LimitError, ValueError) as exc:
         raise ModelError(str(exc)) from None
     model = spec.build(**(builder_kwargs or {}))
     try:
@@ -362,8 +364,16 @@ def unpack_model_folder(folder: Path) -> Path:
 
 
 def delete_model(name: str) -> None:
-    """Delete a user model (shipped models cannot be deleted from the app)."""
+    """Delete a user model (shipped models cannot be deleted from the app).
+
+    ``name`` must be a plain folder name whose folder resolves directly inside the user-models folder
+    (no ``..``, separators, symlinks out); anything else raises :class:`ModelError`."""
+    root = user_models_dir().resolve()
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or name.startswith("."):
+        raise ModelError(f"invalid model name {name!r}")
     folder = user_models_dir() / name
+    if folder.is_symlink() or folder.resolve().parent != root:
+        raise ModelError(f"model {name!r} is not inside the user-models folder {root}")
     if not (folder / MANIFEST).is_file():
         raise ModelError(f"no user model named {name!r} (shipped models cannot be deleted)")
     shutil.rmtree(folder)

@@ -3,6 +3,11 @@
 A run folder holds ``config.json``, ``metrics.csv`` (one row per epoch, readable while training),
 ``status.json``, ``log.txt`` (written by the caller), ``checkpoints/{best,last}.keras``,
 ``tensorboard/`` and, at the end, ``model/`` (a model folder with manifest).
+
+Durability: every checkpoint is written to a temporary file and ``os.replace``-d; the best one is
+``checkpoints/best-eNNNN.keras`` whose score and epoch are committed in ``checkpoints/best.json``
+(:func:`commit_best`), so a run killed at any moment resumes (``resume=True``) with its true best and
+exports exactly that checkpoint with that score.
 """
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import contextlib
 import csv
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -312,19 +318,25 @@ class RunMonitor(_callbacks_module()):
         self.best = None
         self.t0 = time.time()
         self._val_batches = None
-        state = read_json(run_dir / "state.json")
-        self.best = state.get("best_val_mre_px")
+        # The best score is the one stored with the best checkpoint (checkpoints/best.json), so a
+        # resumed run compares against the model it would export, never a stale number.
+        self.best = read_best(run_dir).get("score")
 
     def on_train_begin(self, logs=None):
         try:
             signal.signal(signal.SIGTERM, self._on_sigterm)
         except ValueError:  # not in the main thread
             pass
-        write_status(self.run_dir, "running", epoch=self.start_epoch, epochs=self.config.epochs, best=self.best)
+        write_status(self.run_dir, "running", epoch=self.start_epoch, epochs=self.config.epochs, best=self.best_mre)
 
     def on_train_batch_end(self, batch, logs=None):
         if self.config.time_limit_s and time.time() - self.t0 > self.config.time_limit_s:
             self.model.stop_training = True
+
+    @property
+    def best_mre(self) -> float | None:
+        """The best validation MRE (ROI px), or None when there is no validation set."""
+        return self.best if self.val is not None else None
 
     def _on_sigterm(self, *_):
         self.cancelled = True
@@ -339,7 +351,10 @@ class RunMonitor(_callbacks_module()):
             self._val_batches = [self.val[b] for b in range(len(self.val))]
         errors = []
         for x, y in self._val_batches:
-            out = np.asarray(self.model.predict_on_batch(x))
+            if self.config.distribute == "multiworker":  # predict_on_batch fails under it (Keras 3)
+                out = np.asarray(self.model(x, training=False))
+            else:
+                out = np.asarray(self.model.predict_on_batch(x))
             for o, t in zip(out, y):
                 pred, _ = self.codec.decode(o)
                 true, _ = self.codec.decode(t)
@@ -353,8 +368,14 @@ class RunMonitor(_callbacks_module()):
         if mre is not None:
             logs["val_mre_px"] = mre
         logs["lr"] = float(np.asarray(self.model.optimizer.learning_rate))
-        if mre is not None and (self.best is None or mre < self.best):
-            self.best = mre
+        score = mre if mre is not None else (float(logs["loss"]) if "loss" in logs else None)
+        if score is not None and np.isfinite(score) and (self.best is None or score < self.best):
+            self.best = score
+            commit_best(self.model, self.run_dir, score, epoch + 1, "val_mre_px" if mre is not None else "loss")
+        # Order matters for resume after a kill: checkpoint, then state (the commit), then the CSV row
+        # (resume drops rows after the committed epoch, so a row never appears twice).
+        save_model_atomic(self.model, self.run_dir / "checkpoints" / "last.keras")
+        write_json_atomic(self.run_dir / "state.json", {"epoch": epoch + 1, "best_val_mre_px": self.best})
         row = {"epoch": epoch + 1, "time_s": round(time.time() - self.t0, 1),
                **{k: float(v) for k, v in logs.items()}}
         path = self.run_dir / "metrics.csv"
@@ -364,12 +385,77 @@ class RunMonitor(_callbacks_module()):
             if new:
                 w.writeheader()
             w.writerow(row)
-        self.model.save(self.run_dir / "checkpoints" / "last.keras")
-        write_json_atomic(self.run_dir / "state.json", {"epoch": epoch + 1, "best_val_mre_px": self.best})
-        write_status(self.run_dir, "running", epoch=epoch + 1, epochs=self.config.epochs, best=self.best)
+        write_status(self.run_dir, "running", epoch=epoch + 1, epochs=self.config.epochs, best=self.best_mre)
         if self.verbose:
             parts = " ".join(f"{k}={v:.4g}" for k, v in logs.items())
             print(f"epoch {epoch + 1}/{self.config.epochs} {parts}", flush=True)
+
+
+# --- durable checkpoints ---------------------------------------------------------------------------
+
+def save_model_atomic(model, path: Path) -> None:
+    """``model.save(path)`` so that ``path`` is always a complete file: written to a temporary
+    ``.keras`` file in the same folder, then ``os.replace``-d (a kill mid-save leaves the old file)."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # Keras wants the .keras suffix
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_best(run_dir: Path) -> dict:
+    """``checkpoints/best.json``: ``{file, score, epoch, monitor}`` of the best checkpoint, or ``{}``.
+
+    The pointer is only returned when the file it names exists, so it always describes a real model."""
+    best = read_json(Path(run_dir) / "checkpoints" / "best.json")
+    if best.get("file") and (Path(run_dir) / "checkpoints" / best["file"]).is_file():
+        return best
+    return {}
+
+
+def commit_best(model, run_dir: Path, score: float, epoch: int, monitor: str) -> Path:
+    """Save a new best checkpoint durably: ``checkpoints/best-eNNNN.keras`` (atomic), then the pointer
+    ``best.json`` (atomic: this is the commit), then the convenience copy ``best.keras`` and removal of
+    older ``best-e*.keras``. A kill at any point leaves a pointer whose file and score belong together."""
+    ck = Path(run_dir) / "checkpoints"
+    name = f"best-e{epoch:04d}.keras"
+    save_model_atomic(model, ck / name)
+    write_json_atomic(ck / "best.json", {"file": name, "score": float(score), "epoch": int(epoch),
+                                         "monitor": monitor, "time": time.time()})
+    tmp = ck / f".tmp-{os.getpid()}-best.keras"
+    try:
+        os.link(ck / name, tmp)
+    except OSError:
+        import shutil
+        shutil.copyfile(ck / name, tmp)
+    os.replace(tmp, ck / "best.keras")
+    for old in ck.glob("best-e*.keras"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+    return ck / name
+
+
+def _truncate_metrics(run_dir: Path, epochs_done: int) -> None:
+    """Drop ``metrics.csv`` rows after the last committed epoch (written just before a kill)."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    if not lines:
+        return
+    keep = [lines[0]]
+    for line in lines[1:]:
+        try:
+            if int(float(line.split(",", 1)[0])) <= epochs_done:
+                keep.append(line)
+        except ValueError:
+            continue  # a half-written row
+    if keep != lines:
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        tmp.write_text("".join(keep))
+        os.replace(tmp, path)
 
 
 def _model_to_roi_affine(pre: PreprocessConfig) -> np.ndarray:
@@ -395,6 +481,84 @@ def _strategy(config: TrainConfig):
     if config.distribute == "mirrored":
         return tf.distribute.MirroredStrategy()
     return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def multiworker_task() -> tuple[str, int, int] | None:
+    """``(task type, task index, number of workers)`` from ``$TF_CONFIG``, or None when it is not set.
+
+    The chief is task ``chief``/0 if the cluster has one, else ``worker``/0; it alone writes the run
+    folder (other workers keep their files in ``<run>/.worker-<i>/``, deleted when they finish)."""
+    import os
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return None
+    try:
+        tf_config = json.loads(raw)
+        task = tf_config["task"]
+        cluster = tf_config["cluster"]
+        n = sum(len(v) for k, v in cluster.items() if k in ("chief", "worker"))
+        return str(task["type"]), int(task["index"]), n
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"TF_CONFIG is not valid JSON with cluster and task: {exc}") from None
+
+
+def is_chief() -> bool:
+    """Whether this process writes the run folder (always, unless it is a non-chief multi-worker task)."""
+    task = multiworker_task()
+    if task is None:
+        return True
+    kind, index, _ = task
+    import os
+    has_chief = "chief" in json.loads(os.environ["TF_CONFIG"]).get("cluster", {})
+    return kind == "chief" or (kind == "worker" and index == 0 and not has_chief)
+
+
+def _fit_distributed(model, strategy, train_seq, config: TrainConfig, callbacks: list, start_epoch: int, loss) -> None:
+    """A training loop for ``MultiWorkerMirroredStrategy``: Keras 3's ``Model.fit`` does not run under
+    it (keras-team/keras#20585: PerReplica inputs reach a tensor conversion). Each worker feeds its own
+    batches (``config.batch_size`` per worker), gradients are averaged across workers by the optimizer's
+    all-reduce, and the usual callbacks (RunMonitor, ReduceLROnPlateau, EarlyStopping) run as in fit."""
+    import keras
+    import tensorflow as tf
+
+    loss_fn = keras.losses.get(loss) if isinstance(loss, str) else loss
+    optimizer = model.optimizer
+    n_replicas = strategy.num_replicas_in_sync
+
+    def replica_step(x, y):
+        with tf.GradientTape() as tape:
+            pred = model(x, training=True)
+            value = tf.reduce_mean(tf.cast(loss_fn(y, pred), tf.float32))
+            scaled = optimizer.scale_loss(value / n_replicas) if hasattr(optimizer, "scale_loss") else value / n_replicas
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return value
+
+    @tf.function
+    def step(x, y):
+        per_replica = strategy.run(replica_step, args=(x, y))
+        return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+
+    cb = keras.callbacks.CallbackList(callbacks, model=model, add_history=False, add_progbar=False)
+    model.stop_training = False
+    steps = config.steps_per_epoch or len(train_seq)
+    cb.on_train_begin()
+    for epoch in range(start_epoch, config.epochs):
+        cb.on_epoch_begin(epoch)
+        total = 0.0
+        for i in range(steps):
+            x, y = train_seq[i % len(train_seq)]
+            value = float(step(tf.constant(x), tf.constant(y)))
+            total += value
+            cb.on_train_batch_end(i, {"loss": value})
+            if model.stop_training:
+                break
+        logs = {"loss": total / max(1, i + 1)}
+        train_seq.on_epoch_end()
+        cb.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    cb.on_train_end()
 
 
 def _gpu_available() -> bool:
@@ -424,6 +588,9 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, verbose: boo
     from cvs_core.registry import base_manifest, save_model_folder
 
     out_dir = Path(out_dir)
+    chief_dir = None
+    if config.distribute == "multiworker" and not is_chief():  # keep a non-chief worker's files apart
+        chief_dir, out_dir = out_dir, out_dir / f".worker-{multiworker_task()[1]}"
     (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(config.to_json())
     keras.utils.set_random_seed(config.seed)
@@ -432,6 +599,8 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, verbose: boo
 
     codec = make_codec(config)
     train_seq, val_seq, data_summary = build_datasets(config, codec)
+    if config.distribute == "multiworker" and multiworker_task():  # each worker its own batches
+        train_seq.seed = config.seed + 7919 * multiworker_task()[1]
     loss, metrics = loss_for(config)
     last = out_dir / "checkpoints" / "last.keras"
     start_epoch = 0
@@ -441,11 +610,14 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, verbose: boo
         if resume and last.is_file():
             model = keras.saving.load_model(last, custom_objects=CUSTOM_OBJECTS)
             start_epoch = int(read_json(out_dir / "state.json").get("epoch", 0))
+            _truncate_metrics(out_dir, start_epoch)
             if verbose:
                 print(f"resuming from {last} after epoch {start_epoch}", flush=True)
         else:
-            for stale in ("metrics.csv", "state.json"):
+            for stale in ("metrics.csv", "state.json", "checkpoints/best.json", "checkpoints/best.keras"):
                 (out_dir / stale).unlink(missing_ok=True)
+            for stale in (out_dir / "checkpoints").glob("best-e*.keras"):
+                stale.unlink(missing_ok=True)
             if config.init_from:
                 from cvs_core.registry import load_keras_model, resolve_model
                 model = load_keras_model(resolve_model(config.init_from))
@@ -456,17 +628,20 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, verbose: boo
     train_seq._order = train_seq._make_order()
 
     monitor_key = "val_mre_px" if val_seq is not None else "loss"
+    if config.distribute == "multiworker":
+        # Workers must take the same LR / early-stopping decisions or one waits forever in an
+        # all-reduce: decide on the all-reduced training loss, identical on every worker (each
+        # worker's validation error differs slightly: BatchNorm moving statistics are per worker).
+        monitor_key = "loss"
     monitor = RunMonitor(out_dir, config, codec, val_seq, start_epoch, verbose)
     callbacks = [
-        monitor,
-        keras.callbacks.ModelCheckpoint(out_dir / "checkpoints" / "best.keras", monitor=monitor_key,
-                                        mode="min", save_best_only=True),
+        monitor,  # also saves the best checkpoint, atomically, with its score (commit_best)
         keras.callbacks.ReduceLROnPlateau(monitor=monitor_key, mode="min", factor=0.5,
                                           patience=config.reduce_lr_patience, min_lr=1e-6),
         keras.callbacks.EarlyStopping(monitor=monitor_key, mode="min", patience=config.early_stopping_patience),
         *(extra_callbacks or []),
     ]
-    if keras.backend.backend() == "tensorflow":
+    if keras.backend.backend() == "tensorflow" and config.distribute != "multiworker":
         callbacks.append(keras.callbacks.TensorBoard(out_dir / "tensorboard", write_graph=False))
     if start_epoch >= config.epochs:
         if verbose:
@@ -474,18 +649,26 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, verbose: boo
     else:
         write_status(out_dir, "running", epoch=start_epoch, epochs=config.epochs)
         try:
-            model.fit(train_seq, epochs=config.epochs, initial_epoch=start_epoch, callbacks=callbacks,
-                      verbose=0, steps_per_epoch=config.steps_per_epoch)
+            if config.distribute == "multiworker":
+                _fit_distributed(model, strategy, train_seq, config, callbacks, start_epoch, loss)
+            else:
+                model.fit(train_seq, epochs=config.epochs, initial_epoch=start_epoch, callbacks=callbacks,
+                          verbose=0, steps_per_epoch=config.steps_per_epoch)
         except Exception as exc:
             write_status(out_dir, "failed", error=f"{type(exc).__name__}: {exc}")
             raise
     if monitor.cancelled:
         write_status(out_dir, "cancelled")
         return out_dir / "model"
+    if chief_dir is not None:  # a non-chief worker: the chief exports the model
+        import shutil
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return chief_dir / "model"
 
-    best_path = out_dir / "checkpoints" / "best.keras"
-    final = keras.saving.load_model(best_path if best_path.is_file() else last, custom_objects=CUSTOM_OBJECTS,
-                                    compile=False) if (best_path.is_file() or last.is_file()) else model
+    best = read_best(out_dir)
+    best_path = out_dir / "checkpoints" / best["file"] if best else None
+    final = keras.saving.load_model(best_path if best_path else last, custom_objects=CUSTOM_OBJECTS,
+                                    compile=False) if (best_path or last.is_file()) else model
     pre = config.preprocess_config()
     manifest = base_manifest(
         name=config.name or config.model, architecture=config.model, builder_kwargs=builder_kwargs(config),
@@ -493,9 +676,10 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, verbose: boo
         training={"preset": config.preset, "epochs_run": int(read_json(out_dir / "state.json").get("epoch", 0)),
                   "config": json.loads(config.to_json()), "data": data_summary,
                   "mixed_precision": use_mp},
-        metrics={"best_val_mre_px": monitor.best},
+        metrics={"best_val_mre_px": best.get("score") if best.get("monitor") == "val_mre_px" else None,
+                 "best_epoch": best.get("epoch"), "best_monitor": best.get("monitor")},
         imagenet_weights=bool(getattr(final, "imagenet_loaded", False)),
     )
     folder = save_model_folder(final, out_dir / "model", manifest)
-    write_status(out_dir, "succeeded", best=monitor.best, model_dir=str(folder))
+    write_status(out_dir, "succeeded", best=monitor.best_mre, model_dir=str(folder))
     return folder

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import socket
 import time
 import zipfile
 
@@ -83,16 +84,17 @@ def test_cancel_stops_the_process_group(home):
         runs.register_run_model(run_id, "nope")
 
 
-def test_killed_run_shows_failed_even_after_app_restart(home):
+def test_killed_run_shows_interrupted_even_after_app_restart(home):
     run_id = runs.start_run(tiny_config(epochs=500, phantoms=64))
     pid = runs.run_info(run_id)["pid"]
     time.sleep(1.0)
     os.killpg(pid, signal.SIGKILL)
     runs._CHILDREN.clear()  # as if the app had restarted: only the files on disk remain
     info = wait_for(run_id, runs.FINAL, timeout=20)
-    assert info["status"] == "failed"
-    assert "process exited" in info["status_text"]
-    assert runs.run_info(run_id)["status"] == "failed"  # persisted
+    assert info["status"] == "interrupted"
+    assert "process exited" in info["status_text"] and info["resumable"]
+    assert runs.run_info(run_id)["status"] == "interrupted"  # persisted
+    assert runs._db_get(run_id)["status"] == "interrupted"  # and in the registry
     with pytest.raises(ValueError):
         runs.run_info("../etc")
 
@@ -138,3 +140,41 @@ def test_active_run_limit(home, monkeypatch):
     wait_for(first, ("cancelled", "failed", "succeeded"))
     second = runs.start_run(tiny_config())  # a slot is free again
     runs.cancel(second, wait_s=30)
+
+
+def test_per_user_run_limit(home, monkeypatch):
+    monkeypatch.setenv("CVS_MAX_ACTIVE_RUNS", "10")
+    monkeypatch.setenv("CVS_LIMIT_MAX_JOBS_PER_USER", "2")
+    fake = [{"id": "a", "status": "running", "owner": "ann"}, {"id": "b", "status": "starting", "owner": "ann"},
+            {"id": "c", "status": "succeeded", "owner": "bob"}]
+    monkeypatch.setattr(runs, "list_runs", lambda: fake)
+    with pytest.raises(runs.RunLimitError, match="2 active run\\(s\\); the limit is 2 per user"):
+        runs.start_run(tiny_config(), owner="ann")
+    assert not (home / "runs").exists() or not any((home / "runs").iterdir())  # nothing was created
+
+
+def _fake_run(home, run_id: str, host: str, heartbeat_age: float, status: str = "running"):
+    import json as _json
+    d = runs.runs_dir() / run_id
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(tiny_config().to_json())
+    (d / "status.json").write_text(_json.dumps({"status": status, "epoch": 3, "epochs": 10}))
+    (d / "run.json").write_text(_json.dumps({"id": run_id, "pid": 999999, "host": host, "created": "2026-01-01T00:00:00"}))
+    runs._db_upsert(run_id, dir=str(d), host=host, pid=999999, heartbeat=time.time() - heartbeat_age, status=status)
+    return d
+
+
+def test_runs_on_other_hosts_are_judged_by_their_heartbeat(home, monkeypatch):
+    monkeypatch.setenv("CVS_HEARTBEAT_STALE_S", "30")
+    _fake_run(home, "remote-fresh", "gpu-node-7", heartbeat_age=5)
+    _fake_run(home, "remote-stale", "gpu-node-8", heartbeat_age=120)
+    _fake_run(home, "local-dead", socket.gethostname(), heartbeat_age=1)  # pid 999999 does not exist here
+    by_id = {r["id"]: r for r in runs.list_runs()}
+    assert by_id["remote-fresh"]["status"] == "running" and by_id["remote-fresh"]["alive"]
+    assert by_id["remote-stale"]["status"] == "interrupted" and by_id["remote-stale"]["resumable"]
+    assert by_id["local-dead"]["status"] == "interrupted"
+    assert runs._db_get("remote-stale")["status"] == "interrupted"
+    with pytest.raises(ValueError, match="only an interrupted"):
+        runs.resume_run("remote-fresh")
+    runs.delete_run("local-dead")
+    assert runs._db_get("local-dead") is None and "local-dead" not in {r["id"] for r in runs.list_runs()}

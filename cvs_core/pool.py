@@ -1,0 +1,182 @@
+"""A process-wide, bounded pool of loaded models, held outside Streamlit's caches.
+
+Streamlit's ``st.cache_resource`` can be cleared by any browser (the "Clear cache" websocket message,
+sent by the page menu or a hand-written client), after which every user's models reload. Models
+held here are not touched by that message: the app asks the pool instead of caching them itself::
+
+    from cvs_core.pool import models
+    predictor = models().get("unet_heatmap")      # loads once per process, then shared
+
+Eviction only drops the pool's reference (least recently used beyond ``max_models``, or
+:meth:`ModelPool.discard` after a model folder is deleted/replaced); nothing is frozen or pinned, so
+a dropped model's memory is freed once no request still uses it (``tests/test_limits.py`` measures
+flat RSS over repeated load/drop rounds). Thread-safe; a model is loaded by one thread while others
+asking for the same model wait for it.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+
+class ModelPool:
+    """Up to ``max_models`` loaded :class:`cvs_core.predict.Predictor` s, keyed by model folder and the
+    manifest's sha256 (a replaced model loads afresh)."""
+
+    def __init__(self, max_models: int = 4, loader=None):
+        self.max_models = max(1, int(max_models))
+        self._loader = loader
+        self._items: OrderedDict[tuple[str, str], object] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[tuple[str, str], threading.Lock] = {}
+
+    def _load(self, folder: Path):
+        if self._loader is not None:
+            return self._loader(folder)
+        from cvs_core.predict import Predictor
+        return Predictor(folder)
+
+    @staticmethod
+    def key(name_or_dir: str | Path) -> tuple[str, str]:
+        from cvs_core.registry import MANIFEST, read_json, resolve_model
+        folder = resolve_model(name_or_dir)
+        return str(Path(folder).resolve()), str(read_json(Path(folder) / MANIFEST).get("sha256", ""))
+
+    def get(self, name_or_dir: str | Path):
+        """The loaded model for a name or folder (loading it on first use)."""
+        key = self.key(name_or_dir)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            load_lock = self._loading.setdefault(key, threading.Lock())
+        with load_lock:
+            with self._lock:
+                if key in self._items:
+                    self._items.move_to_end(key)
+                    return self._items[key]
+            model = self._load(Path(key[0]))
+            with self._lock:
+                self._items[key] = model
+                self._items.move_to_end(key)
+                while len(self._items) > self.max_models:
+                    self._items.popitem(last=False)
+                self._loading.pop(key, None)
+            return model
+
+    def discard(self, name_or_dir: str | Path | None = None) -> int:
+        """Drop one model (all versions of its folder) or, with ``None``, all. Returns how many."""
+        with self._lock:
+            if name_or_dir is None:
+                n = len(self._items)
+                self._items.clear()
+                return n
+            try:
+                folder = self.key(name_or_dir)[0]
+            except (ValueError, OSError):
+                folder = str(Path(name_or_dir).resolve())
+            drop = [k for k in self._items if k[0] == folder]
+            for k in drop:
+                del self._items[k]
+            return len(drop)
+
+    def get_batched(self, name_or_dir: str | Path) -> BatchingPredictor:
+        """The model wrapped in a :class:`BatchingPredictor` (one per loaded model, shared)."""
+        model = self.get(name_or_dir)
+        with self._lock:
+            wrapped = getattr(model, "_cvs_batcher", None)
+            if wrapped is None:
+                wrapped = BatchingPredictor(model)
+                try:
+                    model._cvs_batcher = wrapped
+                except AttributeError:
+                    pass
+            return wrapped
+
+    def loaded(self) -> list[str]:
+        """Folder paths of the loaded models, least recently used first."""
+        with self._lock:
+            return [k[0] for k in self._items]
+
+
+class BatchingPredictor:
+    """Concurrent ``predict`` calls on one model, gathered into shared model calls.
+
+    Callers (one per browser session) block only for their own result; a dispatcher thread takes
+    every request waiting at that moment (up to ``max_batch``, with the same ROI setting), after
+    waiting at most ``window_s`` for more to arrive, and runs them through one
+    ``predictor.predict_batch`` — so N simultaneous users cost a few batched model calls instead of N
+    serial ones, and each gets its result as soon as its batch is done. Thread-safe; the wrapped
+    predictor is used from the dispatcher thread only."""
+
+    def __init__(self, predictor, max_batch: int = 8, window_s: float = 0.01):
+        import queue
+        self.predictor = predictor
+        self.max_batch = max(1, int(max_batch))
+        self.window_s = float(window_s)
+        self._queue: "queue.Queue" = queue.Queue()
+        self.batches: list[int] = []  # sizes of the model calls made (for tests and benchmarks)
+        self._thread = threading.Thread(target=self._loop, name="cvs-batcher", daemon=True)
+        self._thread.start()
+
+    def __getattr__(self, name):  # name, manifest, config, codec … of the wrapped predictor
+        return getattr(self.predictor, name)
+
+    def predict(self, image, roi=None):
+        """Like ``Predictor.predict``: one ``(H, W)`` greyscale image → its ``Prediction``."""
+        from concurrent.futures import Future
+        fut: Future = Future()
+        self._queue.put((image, roi, fut))
+        return fut.result()
+
+    def _loop(self):
+        import json
+        import queue
+        import time as _time
+        pending: list = []
+        while True:
+            if not pending:
+                pending.append(self._queue.get())
+            deadline = _time.monotonic() + self.window_s
+            while len(pending) < self.max_batch:
+                left = deadline - _time.monotonic()
+                try:
+                    pending.append(self._queue.get(timeout=max(0.0, left)) if left > 0 else self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            key = json.dumps(pending[0][1])
+            batch = [r for r in pending if json.dumps(r[1]) == key]
+            pending = [r for r in pending if json.dumps(r[1]) != key]
+            try:
+                results = self.predictor.predict_batch([r[0] for r in batch], roi=batch[0][1])
+                self.batches.append(len(batch))
+                for (_, _, fut), res in zip(batch, results):
+                    fut.set_result(res)
+            except BaseException as exc:  # noqa: BLE001 - one bad image must not fail the others
+                if len(batch) == 1:
+                    batch[0][2].set_exception(exc)
+                    continue
+                for image, roi, fut in batch:  # retry one by one so each caller gets its own error
+                    try:
+                        fut.set_result(self.predictor.predict_batch([image], roi=roi)[0])
+                    except BaseException as one:  # noqa: BLE001
+                        fut.set_exception(one)
+
+
+_POOL: ModelPool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def models() -> ModelPool:
+    """The process's pool (``$CVS_MAX_LOADED_MODELS``, default 4)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            try:
+                n = int(os.environ.get("CVS_MAX_LOADED_MODELS", "4"))
+            except ValueError:
+                n = 4
+            _POOL = ModelPool(n)
+        return _POOL
