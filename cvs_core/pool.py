@@ -124,15 +124,28 @@ class BatchingPredictor:
     def __getattr__(self, name):  # name, manifest, config, codec … of the wrapped predictor
         return getattr(self.predictor, name)
 
-    def predict(self, image, roi=None):
+    def predict(self, image, roi=None, spacing_mm: float | None = None):
         """Like ``Predictor.predict``: one ``(H, W)`` greyscale image → its ``Prediction``."""
         from concurrent.futures import Future
         fut: Future = Future()
-        self._queue.put((image, roi, fut))
+        self._queue.put((image, (roi, spacing_mm), fut))
         return fut.result()
 
-    def _loop(self):
+    @staticmethod
+    def _group_key(request) -> str:
+        """Requests with equal (roi, spacing) share a model call; any roi object is accepted."""
         import json
+        try:
+            return json.dumps(request, sort_keys=True, default=repr)
+        except (TypeError, ValueError):
+            return repr(request)
+
+    def _run(self, images, request):
+        roi, spacing_mm = request
+        extra = {} if spacing_mm is None else {"spacing_mm": spacing_mm}
+        return self.predictor.predict_batch(images, roi=roi, **extra)
+
+    def _loop(self):
         import queue
         import time as _time
         pending: list = []
@@ -146,11 +159,11 @@ class BatchingPredictor:
                     pending.append(self._queue.get(timeout=max(0.0, left)) if left > 0 else self._queue.get_nowait())
                 except queue.Empty:
                     break
-            key = json.dumps(pending[0][1])
-            batch = [r for r in pending if json.dumps(r[1]) == key]
-            pending = [r for r in pending if json.dumps(r[1]) != key]
+            key = self._group_key(pending[0][1])
+            batch = [r for r in pending if self._group_key(r[1]) == key]
+            pending = [r for r in pending if self._group_key(r[1]) != key]
             try:
-                results = self.predictor.predict_batch([r[0] for r in batch], roi=batch[0][1])
+                results = self._run([r[0] for r in batch], batch[0][1])
                 self.batches.append(len(batch))
                 for (_, _, fut), res in zip(batch, results):
                     fut.set_result(res)
@@ -160,7 +173,7 @@ class BatchingPredictor:
                     continue
                 for image, roi, fut in batch:  # retry one by one so each caller gets its own error
                     try:
-                        fut.set_result(self.predictor.predict_batch([image], roi=roi)[0])
+                        fut.set_result(self._run([image], roi)[0])
                     except BaseException as one:  # noqa: BLE001
                         fut.set_exception(one)
 

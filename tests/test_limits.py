@@ -257,6 +257,22 @@ def test_batching_predictor_groups_concurrent_requests_and_isolates_errors():
     assert slow.calls == [4] and time.perf_counter() - t0 < 0.6  # four users, one model call
 
 
+def test_batching_predictor_takes_any_roi_and_a_spacing():
+    """A roi that is no JSON value (e.g. an auto-ROI result object) must not kill the dispatcher."""
+    from cvs_core.pool import BatchingPredictor
+
+    class Echo:
+        name = "echo"
+
+        def predict_batch(self, images, roi=None, spacing_mm=None):
+            return [(roi, spacing_mm) for _ in images]
+
+    bp = BatchingPredictor(Echo(), max_batch=4, window_s=0.01)
+    box = object()
+    assert bp.predict(np.zeros((4, 4)), roi=box, spacing_mm=0.1) == (box, 0.1)
+    assert bp.predict(np.zeros((4, 4)), roi="seed") == ("seed", None)  # the dispatcher is still alive
+
+
 def test_batched_predictions_equal_single_ones():
     from cvs_core.imaging import read_image
     from cvs_core.pool import ModelPool
