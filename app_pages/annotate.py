@@ -194,7 +194,7 @@ def _on_pick():
 
 # Option labels must not change when an image's status changes (the browser sends the label back),
 # so the status is shown in the caption under the image, not in the list.
-nav1, nav2, nav3, nav4, nav5 = st.columns([2.2, 1, 1, 1, 1], vertical_alignment="bottom")
+nav1, nav2, nav3, nav4, nav5 = st.columns([1.5, 1.45, 1.2, 0.8, 0.8], vertical_alignment="bottom")
 nav1.selectbox("Image", images, key=pick_key, on_change=_on_pick)
 if nav2.button("Next (least confident)", key="ann_next", icon=":material/skip_next:", width="stretch",
                help="Images not yet checked, least confident prediction first."):

@@ -25,7 +25,7 @@ lab_settings = ss.get("lab_preprocess")
 
 # ----------------------------------------------------------------------------- input
 with st.container(border=True):
-    c_in, c_roi, c_models = st.columns([1.25, 1.1, 1.1], gap="medium")
+    c_in, c_roi, c_models = st.columns([1.0, 1.35, 1.05], gap="medium")
     with c_in:
         source = st.radio("Input", ["Sample", "Phantom", "Upload"], horizontal=True, key="cmp_source",
                           help="Bundled public study images, a synthetic phantom with exact landmarks, or "
@@ -34,11 +34,10 @@ with st.container(border=True):
         input_errors = []
         if source == "Sample":
             samples = ui.sample_names()
-            sc1, sc2 = st.columns([1.15, 1])
-            name = sc1.selectbox("Sample", samples, key="cmp_sample",
+            name = st.selectbox("Sample", samples, key="cmp_sample",
                                  format_func=lambda n: n.rsplit(".", 1)[0] + (" ✓" if n in ui.sample_truth() else ""),
                                  help="✓ = annotated: ground truth and errors are shown (LC (1), LC (11)).")
-            kind = sc2.radio("Image", ["ROI", "Full cephalogram"], key="cmp_sample_kind",
+            kind = st.radio("Image", ["ROI", "Full cephalogram"], key="cmp_sample_kind", horizontal=True,
                              help="The 250×600 vertebral ROI, or the 1804×2136 original (the ROI is then cut "
                                   "with the study preset or your box).")
             kind = "roi" if kind == "ROI" else "full"
@@ -184,7 +183,7 @@ if inp is not None and roi_mode == "auto":
             ss[box_key] = [int(got["x0"]), int(got["y0"]), int(got["x1"]), int(got["y1"])]
         box = ss.get(box_key) or auto_box
         with roi_slot:
-            roi_box_editor(inp.image, key=editor_key, rect=box, height_px=420)
+            roi_box_editor(inp.image, key=editor_key, rect=box, height_px=360)
             moved = box != auto_box
             try:
                 roi_obj = compare.moved_roi(inp.image, box, found, spacing_val) if moved else found
@@ -192,13 +191,12 @@ if inp is not None and roi_mode == "auto":
                 input_errors.append(("This ROI box cannot be used — the found box is used", exc))
                 ss.pop(box_key, None)
                 box, moved, roi_obj = auto_box, False, found
-            r1, r2 = st.columns([2.2, 1], vertical_alignment="center")
-            r1.caption(f"{'Moved' if moved else 'Found'} box **{box}**"
+            st.caption(f"{'Moved' if moved else 'Found'} box **{box}**"
                        + (f" · found {auto_box}" if moved else f" · confidence {found.confidence:.2f}")
                        + (" · mirrored (patient faces left)" if found.mirrored else "")
                        + f" · search {found.ms:.0f} ms")
-            if r2.button("Reset", key="cmp_box_reset", icon=":material/restart_alt:", disabled=not moved,
-                         help="Back to the box the search found."):
+            if st.button("Back to the found box", key="cmp_box_reset", icon=":material/restart_alt:",
+                         disabled=not moved, help="Undo your moves: use the box the search found."):
                 ss.pop(box_key, None)
                 st.rerun()
             roi = {"mode": "moved" if moved else "auto", "box": box}
