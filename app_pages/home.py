@@ -58,24 +58,20 @@ real_l, real_r = st.columns(2, gap="medium")
 with real_l.container(border=True, height="stretch"):
     st.markdown(":material/location_searching: **Landmarks on another clinic's cephalograms** "
                 "(10 ISBI-2015 images, 0.1 mm/px, C2–C4 found automatically)")
-    st.markdown(
-        "| model | within 2 mm | median error | a vertebra off |\n"
-        "|---|---|---|---|\n"
-        "| U-Net heatmap | **85.6 %** | **0.90 mm** | 0 / 10 |\n"
-        "| InceptionResNetV2 | 10.2 % | 7.6 mm | 4 / 10 |")
-    st.caption("Another machine and population, never trained on; 118 annotated points (13 of the 19 "
-               "landmarks). **Caveat:** these ten images were also used to tune the automatic ROI "
-               "search, so they are a development set, not an independent test; the target of 90 % "
-               "within 2 mm is not met yet. The InceptionResNetV2 demo was trained from scratch on "
-               "phantoms and misses by millimetres whatever ROI it gets.")
+    st.markdown("- **U-Net: 85.6 %** of points within 2 mm of the expert's, median error **0.90 mm**, "
+                "no image a vertebra off (0 / 10)\n"
+                "- InceptionResNetV2: 10.2 % within 2 mm, median error 7.6 mm, 4 / 10 images a vertebra off")
+    st.caption("118 annotated points (13 of the 19 landmarks); another machine and population, never "
+               "trained on. **Caveat:** these ten "
+               "images were also used to tune the automatic ROI search, so they are a development set, "
+               "not an independent test; the target of 90 % within 2 mm is not met yet. The "
+               "InceptionResNetV2 demo was trained from scratch on phantoms and misses by millimetres "
+               "whatever ROI it gets.")
 with real_r.container(border=True, height="stretch"):
     st.markdown(":material/groups: **CVM stage against expert stages** (720 expert-staged cases, "
                 "5-fold cross-validation)")
-    st.markdown(
-        "| staging rules | same stage | within one stage |\n"
-        "|---|---|---|\n"
-        "| calibrated rules (default) | **56.9 %** | **93.5 %** |\n"
-        "| textbook rules | 49.0 % | 91.1 % |")
+    st.markdown("- **Calibrated rules (default): 56.9 %** the expert's stage, **93.5 %** within one stage\n"
+                "- Textbook rules (McNamara & Franchi): 49.0 % the expert's stage, 91.1 % within one stage")
     st.caption("iCVM-900 training cases, thresholds fitted inside each fold. **Caveat:** one dataset "
                "of all-female patients, staged from expert landmarks (not the models'); not checked "
                "on another clinic's expert stages. Each stage on Compare says how often experts "

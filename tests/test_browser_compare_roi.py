@@ -214,6 +214,8 @@ def test_auto_box_on_full_cephalogram_moves_and_reruns_both_models(server, page)
 
 def test_screenshots_annotate_and_home(server, page):
     page.goto(server + "/")
+    page.get_by_text("How well it works on real images").wait_for(timeout=240_000)
+    page.locator("img").first.wait_for(timeout=60_000)
     wait_idle(page)
     no_sideways_scroll(page)
     shot(page, "home")
