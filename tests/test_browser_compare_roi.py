@@ -210,6 +210,12 @@ def test_auto_box_on_full_cephalogram_moves_and_reruns_both_models(server, page)
     page.locator('[data-testid="stCaptionContainer"]').filter(has_text="Found box").first.wait_for(timeout=240_000)
     wait_idle(page)
     assert _box(page) == ("Found", found)
+    # the stage tab: each model's stage card says how often experts agreed with that call
+    page.get_by_role("tab", name="CVM stage").click()
+    cards = page.locator('[data-testid="stAlertContentInfo"]').filter(has_text="experts said")
+    cards.first.wait_for(timeout=60_000)
+    assert cards.count() >= 2, cards.all_inner_texts()
+    page.screenshot(path=str(ARTIFACTS / "compare_auto_roi_stage.png"), full_page=True)
 
 
 def test_screenshots_annotate_and_home(server, page):
