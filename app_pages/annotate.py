@@ -9,6 +9,7 @@ import streamlit as st
 
 from cvs_components.landmark_editor import landmark_editor, trigger
 from cvs_core import annotation_store as astore
+from cvs_core.access import safe_markdown
 from cvs_core.landmarks import LANDMARKS
 from app_pages import ui
 
@@ -239,7 +240,7 @@ with left:
         st.rerun()
     st.caption(f"{current} · {image.shape[1]}×{image.shape[0]} px · status "
                f"{STATUS_ICON.get(rec.status, '·')} **{rec.status or 'no landmarks'}**"
-               + (f" by {rec.who} at {rec.when}" if rec.who else "")
+               + (f" by {safe_markdown(rec.who)} at {rec.when}" if rec.who else "")
                + (f" · prediction confidence {rec.confidence:.2f}" if rec.has_confidence else ""))
     with st.expander("Type a position instead (keyboard)", icon=":material/keyboard:"):
         k1, k2, k3, k4 = st.columns([1.4, 1, 1, 1], vertical_alignment="bottom")
