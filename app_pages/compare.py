@@ -187,6 +187,10 @@ if inp is not None and roi_mode == "auto":
             moved = box != auto_box
             try:
                 roi_obj = compare.moved_roi(inp.image, box, found, spacing_val) if moved else found
+                used = compare.roi_box(roi_obj)
+                if max(abs(a - b) for a, b in zip(used, box)) > 2:  # a drawn box: the study's 250:600 shape
+                    ss[box_key] = box = used
+                    st.rerun()  # show the box the models get
             except ValueError as exc:  # keep the found box
                 input_errors.append(("This ROI box cannot be used — the found box is used", exc))
                 ss.pop(box_key, None)

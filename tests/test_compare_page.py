@@ -116,3 +116,16 @@ def test_moved_roi_refuses_a_box_off_the_image():
         compare.moved_roi(image, [10, 10, 12, 300], None)
     with pytest.raises(ValueError, match="four numbers"):
         compare.moved_roi(image, "abc", None)
+
+
+def test_a_drawn_box_takes_the_study_proportions(home):
+    """A box drawn with another shape is shown as the ROI the models get: same centre and height,
+    the study's 250:600 width."""
+    at = _compare(cmp_sample="LC (1).jpg", cmp_sample_kind="Full cephalogram")
+    at.session_state["cmp_roi_box::sample:full:LC (1).jpg"] = {
+        "rect": {"x0": 0, "y0": 800, "x1": 900, "y1": 2000, "nonce": 3}}
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    shown = next(c.value for c in at.caption if c.value.startswith("Moved box"))
+    box = [int(v) for v in shown.split("**")[1].strip("[]").split(",")]
+    assert all(abs(g - e) <= 1 for g, e in zip(box, [200, 800, 700, 2000])), box
