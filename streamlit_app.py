@@ -24,6 +24,7 @@ PAGES = {
     "": [st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True)],
     "Analyse": [
         st.Page("app_pages/compare.py", title="Compare", icon=":material/compare:"),
+        st.Page("app_pages/annotate.py", title="Annotate", icon=":material/edit_location_alt:"),
         st.Page("app_pages/clahe_lab.py", title="CLAHE lab", icon=":material/tune:"),
         st.Page("app_pages/evaluation.py", title="PCK evaluation", icon=":material/query_stats:"),
     ],

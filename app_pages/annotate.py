@@ -5,11 +5,11 @@ forwards clicks, so a reload or a server restart resumes where the user was.
 """
 from __future__ import annotations
 
-import numpy as np
 import streamlit as st
 
 from cvs_components.landmark_editor import landmark_editor, trigger
 from cvs_core import annotation_store as astore
+from cvs_core.access import safe_markdown
 from cvs_core.landmarks import LANDMARKS
 from app_pages import ui
 
@@ -67,7 +67,7 @@ def _apply(store: astore.AnnotationStore, image: str, result, who: str) -> bool:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _read(path: str, mtime: float) -> np.ndarray:
+def _read(path: str, mtime: float):
     from cvs_core.imaging import read_image
 
     return read_image(path).as_uint8()
@@ -79,10 +79,8 @@ def _diagram() -> bytes:
     from cvs_core import viz
 
     image, lms, _ = ui.load_phantom(11, 4)
-    lo = np.floor(lms.min(axis=0) - 25).astype(int).clip(0)
-    hi = np.ceil(lms.max(axis=0) + 25).astype(int)
-    crop = image[lo[1]:hi[1], lo[0]:hi[0]]
-    return viz.overlay_png(crop, [viz.PointLayer("landmarks", lms - lo, "#4fc3f7")], scale=2.6)
+    crop, lms_crop = astore.crop_around_landmarks(image, lms, margin=25)
+    return viz.overlay_png(crop, [viz.PointLayer("landmarks", lms_crop, "#4fc3f7")], scale=2.6)
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -197,7 +195,7 @@ def _on_pick():
 
 # Option labels must not change when an image's status changes (the browser sends the label back),
 # so the status is shown in the caption under the image, not in the list.
-nav1, nav2, nav3, nav4, nav5 = st.columns([2.2, 1, 1, 1, 1], vertical_alignment="bottom")
+nav1, nav2, nav3, nav4, nav5 = st.columns([1.5, 1.45, 1.2, 0.8, 0.8], vertical_alignment="bottom")
 nav1.selectbox("Image", images, key=pick_key, on_change=_on_pick)
 if nav2.button("Next (least confident)", key="ann_next", icon=":material/skip_next:", width="stretch",
                help="Images not yet checked, least confident prediction first."):
@@ -242,13 +240,13 @@ with left:
         st.rerun()
     st.caption(f"{current} · {image.shape[1]}×{image.shape[0]} px · status "
                f"{STATUS_ICON.get(rec.status, '·')} **{rec.status or 'no landmarks'}**"
-               + (f" by {rec.who} at {rec.when}" if rec.who else "")
-               + (f" · prediction confidence {rec.confidence:.2f}" if np.isfinite(rec.confidence) else ""))
+               + (f" by {safe_markdown(rec.who)} at {rec.when}" if rec.who else "")
+               + (f" · prediction confidence {rec.confidence:.2f}" if rec.has_confidence else ""))
     with st.expander("Type a position instead (keyboard)", icon=":material/keyboard:"):
         k1, k2, k3, k4 = st.columns([1.4, 1, 1, 1], vertical_alignment="bottom")
         idx = k1.selectbox("Landmark", list(range(19)), key="ann_kb_idx",
                            format_func=lambda i: f"{i + 1} {LANDMARKS[i].name}")
-        base = rec.landmarks[idx] if rec.landmarks is not None and np.isfinite(rec.landmarks[idx]).all() else (0, 0)
+        base = rec.point(idx)
         kx = k2.number_input("x", -1e4, 1e5, float(round(base[0], 1)), step=1.0, key=f"ann_kb_x::{current}::{idx}")
         ky = k3.number_input("y", -1e4, 1e5, float(round(base[1], 1)), step=1.0, key=f"ann_kb_y::{current}::{idx}")
         if k4.button("Move", key="ann_kb_move", disabled=rec.landmarks is None):
@@ -258,7 +256,7 @@ with left:
 with right:
     from cvs_core.staging import CAVEAT, stage_landmarks
 
-    if rec.landmarks is not None and np.isfinite(rec.landmarks).all():
+    if rec.complete:
         try:
             title = {"corrected": "Corrected landmarks", "predicted": f"Prediction ({rec.model or 'model'})",
                      "skipped": "Skipped image"}.get(rec.status, "Landmarks")

@@ -15,8 +15,9 @@ if not names:
     ui.no_models_message()
     st.stop()
 
-from cvs_core import compare, viz  # noqa: E402
+from cvs_core import access, compare, limits, viz  # noqa: E402
 from cvs_core.preprocess import SEED_ROI_BOX  # noqa: E402
+from cvs_core import staging  # noqa: E402
 from cvs_core.staging import CAVEAT  # noqa: E402
 
 ss = st.session_state
@@ -24,7 +25,7 @@ lab_settings = ss.get("lab_preprocess")
 
 # ----------------------------------------------------------------------------- input
 with st.container(border=True):
-    c_in, c_roi, c_models = st.columns([1.25, 1.1, 1.1], gap="medium")
+    c_in, c_roi, c_models = st.columns([1.0, 1.35, 1.05], gap="medium")
     with c_in:
         source = st.radio("Input", ["Sample", "Phantom", "Upload"], horizontal=True, key="cmp_source",
                           help="Bundled public study images, a synthetic phantom with exact landmarks, or "
@@ -33,11 +34,10 @@ with st.container(border=True):
         input_errors = []
         if source == "Sample":
             samples = ui.sample_names()
-            sc1, sc2 = st.columns([1.15, 1])
-            name = sc1.selectbox("Sample", samples, key="cmp_sample",
+            name = st.selectbox("Sample", samples, key="cmp_sample",
                                  format_func=lambda n: n.rsplit(".", 1)[0] + (" ✓" if n in ui.sample_truth() else ""),
                                  help="✓ = annotated: ground truth and errors are shown (LC (1), LC (11)).")
-            kind = sc2.radio("Image", ["ROI", "Full cephalogram"], key="cmp_sample_kind",
+            kind = st.radio("Image", ["ROI", "Full cephalogram"], key="cmp_sample_kind", horizontal=True,
                              help="The 250×600 vertebral ROI, or the 1804×2136 original (the ROI is then cut "
                                   "with the study preset or your box).")
             kind = "roi" if kind == "ROI" else "full"
@@ -81,7 +81,9 @@ with st.container(border=True):
                 inp.truth = None
                 if csv_up is not None:
                     try:
-                        inp.truth = compare.read_truth_csv(csv_up.getvalue(), inp.name) * inp.scale
+                        inp.truth = limits.check_landmarks(
+                            compare.read_truth_csv(csv_up.getvalue(), inp.name) * inp.scale, inp.image.shape[:2],
+                            label="ground truth")
                     except ValueError as exc:
                         input_errors.append(("Could not use the ground-truth CSV", exc))
         if inp is not None:
@@ -90,35 +92,31 @@ with st.container(border=True):
 
     with c_roi:
         roi = "none"
+        roi_mode = None
         if inp is None:
             st.info("Upload an image to start.", icon=":material/upload:")
         elif inp.kind == "full":
-            roi_mode = st.radio("Region of interest", ["Study preset", "Custom box", "Whole image"],
-                                key="cmp_roi_mode",
-                                help="Study preset: half-size image cropped to x 0–250, y 400–1000 (the box "
-                                     "x 0–500, y 800–2000 of the original). Custom: your box at full "
-                                     "resolution. Whole image: no crop.")
+            roi_labels = {"auto": "Find C2–C4 (auto)", "seed": "Study crop", "none": "Whole image"}
+            roi_mode = st.radio("Region of interest", list(roi_labels), format_func=roi_labels.get,
+                                key="cmp_roi_mode", horizontal=True,
+                                help="Auto: the U-Net finds C2–C4 (drag the box to move it, or drag outside it "
+                                     "to draw a new one; both models re-run). Study crop: half-size image cut "
+                                     "to the box x 0–500, y 800–2000 of the original. Whole image: no crop.")
             h, w = inp.image.shape[:2]
-            if roi_mode == "Study preset":
+            if roi_mode == "seed":
                 roi = "seed"
-            elif roi_mode == "Custom box":
-                bx = [min(v, lim) for v, lim in zip(SEED_ROI_BOX, (w - 8, h - 8, w, h))]
-                b1, b2 = st.columns(2)
-                x0 = b1.number_input("x0", 0, w - 8, int(bx[0]), step=10, key="cmp_x0")
-                x1 = b2.number_input("x1", int(x0) + 8, w, max(int(bx[2]), int(x0) + 8), step=10, key="cmp_x1")
-                y0 = b1.number_input("y0", 0, h - 8, int(bx[1]), step=10, key="cmp_y0")
-                y1 = b2.number_input("y1", int(y0) + 8, h, max(int(bx[3]), int(y0) + 8), step=10, key="cmp_y1")
-                roi = [int(x0), int(y0), int(x1), int(y1)]
-            else:
+            elif roi_mode == "none":
                 roi = [0, 0, w, h]
-            preview_box = list(SEED_ROI_BOX) if roi == "seed" else roi
-            st.image(viz.encode_image(viz.draw_box(inp.image, preview_box), "jpeg", 80, max_side=420),
-                     caption=f"{w}×{h} px · ROI box {preview_box}", width=200)
+            if roi_mode != "auto":
+                preview_box = list(SEED_ROI_BOX) if roi == "seed" else roi
+                st.image(viz.encode_image(viz.draw_box(inp.image, preview_box), "jpeg", 80, max_side=420),
+                         caption=f"{w}×{h} px · ROI box {preview_box}", width=200)
         else:
             st.markdown("**Region of interest**")
             st.caption(f"The input is already the vertebral ROI ({inp.image.shape[1]}×{inp.image.shape[0]} px); "
                        "it is used as is.")
             st.image(viz.encode_image(inp.image, "jpeg", 80, max_side=300), width=110)
+        roi_slot = st.container()  # the auto box editor (needs the spacing, chosen on the right)
 
     with c_models:
         defaults = ui.default_models(names)
@@ -136,11 +134,76 @@ with st.container(border=True):
             key=f"cmp_spacing_{inp.key if inp else 'none'}_{inp.kind if inp else ''}",
             help="Nominal: 0.25 mm/px for the 250×600 ROI, 0.125 mm/px for full cephalograms (the study "
                  "published none). DICOM files give their own.")
+        staging_labels = {"default": "calibrated", "textbook": "textbook", "learned": "learned"}
+        staging_choice = st.radio("Staging rules", list(staging_labels), format_func=staging_labels.get,
+                                  horizontal=True, key="cmp_staging",
+                                  help="Calibrated (default): cut-offs fitted to 720 expert-staged cases. "
+                                       "Textbook: the published rules as written. Learned: an ordinal model "
+                                       "on the same measurements. Each stage shows how often experts agreed.")
         use_lab = False
         if lab_settings:
             use_lab = st.toggle("Use the CLAHE-lab settings", key="cmp_use_lab",
                                 help=f"Override the models' CLAHE/bilateral settings with "
                                      f"{json.dumps(lab_settings)}")
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _find_roi(finder: str, version: str, key: str, spacing: float, _image):
+    """The auto ROI of one full cephalogram (one search, shared by both models)."""
+    return compare.find_roi(ui.get_predictor(finder), _image, spacing)
+
+
+@st.cache_resource(show_spinner=False, max_entries=48)
+def _predict_roi(model: str, version: str, key: str, roi_key: str, spacing: float, overrides_json: str,
+                 _image, _roi):
+    """One model through a found / moved ROI (cached per model version, image, box and overrides)."""
+    predictor = ui.with_preprocess(ui.get_predictor(model), json.loads(overrides_json) or None)
+    return predictor.predict(_image, roi=_roi, spacing_mm=spacing)
+
+
+# ----------------------------------------------------------------------------- auto ROI of a full cephalogram
+found = roi_obj = None
+if inp is not None and roi_mode == "auto":
+    spacing_val = float(spacing_in)
+    try:
+        ui.get_predictor(model_a)
+        with st.spinner("Finding C2–C4…"):
+            found = _find_roi(model_a, ui.model_version(model_a), inp.key, spacing_val, inp.image)
+    except Exception as exc:  # noqa: BLE001 - say why, fall back to the study crop
+        input_errors.append(("Could not find C2–C4 automatically — the study crop is used instead", exc))
+        roi, roi_mode = "seed", "seed"
+    if found is not None:
+        from cvs_components.landmark_editor import roi_box_editor, trigger
+
+        auto_box = compare.roi_box(found)
+        box_key, editor_key = f"cmp_box::{inp.key}::{spacing_val}", f"cmp_roi_box::{inp.key}"
+        got = trigger(ss.get(editor_key), "rect")  # a move / new box, before the editor mounts again
+        if isinstance(got, dict) and got.get("nonce") != ss.get("cmp_box_nonce"):
+            ss["cmp_box_nonce"] = got.get("nonce")
+            ss[box_key] = [int(got["x0"]), int(got["y0"]), int(got["x1"]), int(got["y1"])]
+        box = ss.get(box_key) or auto_box
+        with roi_slot:
+            roi_box_editor(inp.image, key=editor_key, rect=box, height_px=360)
+            moved = box != auto_box
+            try:
+                roi_obj = compare.moved_roi(inp.image, box, found, spacing_val) if moved else found
+                used = compare.roi_box(roi_obj)
+                if max(abs(a - b) for a, b in zip(used, box)) > 2:  # a drawn box: the study's 250:600 shape
+                    ss[box_key] = box = used
+                    st.rerun()  # show the box the models get
+            except ValueError as exc:  # keep the found box
+                input_errors.append(("This ROI box cannot be used — the found box is used", exc))
+                ss.pop(box_key, None)
+                box, moved, roi_obj = auto_box, False, found
+            st.caption(f"{'Moved' if moved else 'Found'} box **{box}**"
+                       + (f" · found {auto_box}" if moved else f" · confidence {found.confidence:.2f}")
+                       + (" · mirrored (patient faces left)" if found.mirrored else "")
+                       + f" · search {found.ms:.0f} ms")
+            if st.button("Back to the found box", key="cmp_box_reset", icon=":material/restart_alt:",
+                         disabled=not moved, help="Undo your moves: use the box the search found."):
+                ss.pop(box_key, None)
+                st.rerun()
+            roi = {"mode": "moved" if moved else "auto", "box": box}
 
 for title, exc in input_errors:  # full width, below the inputs
     ui.show_error(title, exc)
@@ -154,7 +217,13 @@ errors = {}
 with st.spinner("Finding landmarks…"):
     for m in models:
         try:
-            preds[m] = ui.predict(m, inp, roi, overrides)
+            if roi_obj is not None:
+                ui.get_predictor(m)  # shows the loading spinner the first time
+                preds[m] = _predict_roi(m, ui.model_version(m), inp.key, json.dumps([model_a, roi]),
+                                        float(spacing_in), json.dumps(overrides or {}, sort_keys=True),
+                                        inp.image, roi_obj)
+            else:
+                preds[m] = ui.predict(m, inp, roi, overrides)
         except Exception as exc:  # noqa: BLE001 - show the library's message, keep the page alive
             errors[m] = exc
 for m, exc in errors.items():
@@ -162,7 +231,8 @@ for m, exc in errors.items():
 if not preds:
     st.stop()
 
-comp = compare.analyse(inp, preds, {m: ui.codec_kind(m) for m in preds}, roi, float(spacing_in))
+comp = compare.analyse(inp, preds, {m: ui.codec_kind(m) for m in preds}, roi, float(spacing_in),
+                       staging_config=staging_choice)
 roi_image, spacing = comp.roi_image, comp.roi_spacing_mm
 colors = {m: viz.MODEL_COLORS[i] for i, m in enumerate(preds)}
 for w in comp.warnings:
@@ -173,9 +243,11 @@ has_truth = comp.truth is not None
 cols = st.columns(len(preds) + (1 if has_truth else 0))
 for col, (m, r) in zip(cols, comp.models.items()):
     with col.container(border=True):
-        st.markdown(f"<span style='color:{colors[m]};font-weight:600'>● {m}</span>", unsafe_allow_html=True)
+        st.markdown(f"<span style='color:{colors[m]};font-weight:600'>● {access.safe_label(m)}</span>",
+                    unsafe_allow_html=True)
         k1, k2 = st.columns(2)
-        k1.metric("CVM stage", r.stage.label if r.stage else "—",
+        stage_value = "—" if not r.stage else (r.stage.label if r.fit_ok else f"{r.stage.label}?")
+        k1.metric("CVM stage", stage_value,
                   help=r.stage.confidence if r.stage else r.stage_error)
         if r.summary is not None:
             s = r.summary
@@ -186,6 +258,14 @@ for col, (m, r) in zip(cols, comp.models.items()):
             k2.metric("time (ms)", f"{r.ms:.0f}")
         st.caption(f"{r.n_found}/19 landmarks · {r.codec_kind} · "
                    f"{r.input_size[1]}×{r.input_size[0]} input · {r.ms:.0f} ms")
+        if not r.fit_ok:
+            st.warning(f"Unreliable — {r.fit_message}", icon=":material/warning:")
+        elif r.fit_message:
+            st.caption(f":material/check: {r.fit_message}")
+        for w in r.warnings:
+            st.warning(w, icon=":material/warning:")
+        if r.stage is not None and r.fit_ok and (agree := staging.agreement_text(r.stage)):
+            st.caption(agree)
 if has_truth:
     with cols[-1].container(border=True):
         st.markdown(f"<span style='color:{viz.TRUTH_COLOR};font-weight:600'>✕ ground truth</span>",
@@ -227,7 +307,7 @@ with tab_overlay:
                    "double-click to reset.")
         st.markdown("**Legend**")
         for m in preds:
-            st.markdown(f"<span style='color:{colors[m]}'>●</span> {m}", unsafe_allow_html=True)
+            st.markdown(f"<span style='color:{colors[m]}'>●</span> {access.safe_label(m)}", unsafe_allow_html=True)
         if truth_layer is not None:
             st.markdown(f"<span style='color:{viz.TRUTH_COLOR}'>✕</span> ground truth", unsafe_allow_html=True)
     response = preds[heat_model].response_map_roi() if heat_model and opacity > 0 else None
@@ -250,7 +330,8 @@ with tab_side:
         with col:
             resp = p.response_map_roi() if comp.models[m].has_response else None
             lay = [layer] + ([truth_layer] if truth_layer is not None else [])
-            st.markdown(f"<span style='color:{colors[m]};font-weight:600'>● {m}</span> · {p.ms['total']:.0f} ms",
+            st.markdown(f"<span style='color:{colors[m]};font-weight:600'>● {access.safe_label(m)}</span> · "
+                        f"{p.ms['total']:.0f} ms",
                         unsafe_allow_html=True)
             f = viz.landmark_figure(roi_image, lay, response=resp, response_opacity=0.35 if resp is not None else 0,
                                     height=640, zoom_margin=45, legend=False)
@@ -267,7 +348,8 @@ with tab_stage:
     for col, (m, r) in zip(scols, comp.models.items()):
         with col:
             if r.stage:
-                ui.stage_card(m, r.stage, colors[m], true_stage=inp.true_stage)
+                ui.stage_card(m, r.stage, colors[m], true_stage=inp.true_stage,
+                              unreliable=None if r.fit_ok else r.fit_message, warnings=r.warnings)
             else:
                 st.warning(f"**{m}**: no stage — {r.stage_error}")
     if comp.truth_stage:

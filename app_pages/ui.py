@@ -261,14 +261,31 @@ def show_error(title: str, exc: BaseException):
 STAGE_COLORS = {1: "#80cbc4", 2: "#4db6ac", 3: "#ffb74d", 4: "#ff8a65", 5: "#9575cd", 6: "#7986cb"}
 
 
-def stage_card(model: str, result, color: str = "#4fc3f7", true_stage: int | None = None):
-    """A model's CVM stage with its confidence, rationale and growth note (caveat shown separately)."""
+def stage_card(model: str, result, color: str = "#4fc3f7", true_stage: int | None = None,
+               unreliable: str | None = None, warnings: list[str] | tuple = ()):
+    """A model's CVM stage with its confidence, how often experts agreed with that call (and the
+    nearest alternative when borderline), rationale and growth note (caveat shown separately).
+    ``unreliable``: why the landmark fit failed its check (the stage is then shown as unreliable);
+    ``warnings``: :func:`cvs_core.predict.prediction_warnings` lines to show with the stage."""
+    from cvs_core.access import safe_label
+    from cvs_core.staging import agreement_text
+
     level_icon = {"high": ":material/check_circle:", "borderline": ":material/warning:",
                   "low": ":material/help:"}.get(result.confidence_level, "")
     with st.container(border=True):
-        st.markdown(f"<span style='color:{color};font-weight:600'>{model}</span>", unsafe_allow_html=True)
-        st.markdown(f"### {result.label} &nbsp;<small>{level_icon} {result.confidence_level} fit</small>",
-                    unsafe_allow_html=True)
+        st.markdown(f"<span style='color:{color};font-weight:600'>{safe_label(model)}</span>", unsafe_allow_html=True)
+        if unreliable:
+            st.markdown(f"### {result.label}? &nbsp;<small>:material/warning: unreliable</small>",
+                        unsafe_allow_html=True)
+            st.warning(f"Do not use this stage: {unreliable}", icon=":material/warning:")
+        else:
+            st.markdown(f"### {result.label} &nbsp;<small>{level_icon} {result.confidence_level} fit</small>",
+                        unsafe_allow_html=True)
+        for w in warnings:
+            st.warning(w, icon=":material/warning:")
+        agree = agreement_text(result)
+        if agree:
+            st.info(agree, icon=":material/groups:")
         if true_stage:
             match = "✓ matches" if true_stage == result.stage else "✗ differs from"
             st.caption(f"{match} the stage the phantom was generated for (CS{true_stage})")

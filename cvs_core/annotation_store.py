@@ -126,6 +126,33 @@ class ImageRecord:
     who: str = ""
     when: str = ""
 
+    @property
+    def complete(self) -> bool:
+        """True when the record has all 19 landmarks and every coordinate is finite."""
+        return self.landmarks is not None and bool(np.isfinite(self.landmarks).all())
+
+    @property
+    def has_confidence(self) -> bool:
+        """True when the prediction came with a (finite) confidence."""
+        return math.isfinite(self.confidence)
+
+    def point(self, index0: int) -> tuple[float, float]:
+        """Landmark ``index0`` (0-based) as ``(x, y)`` floats, or ``(0.0, 0.0)`` when it is missing."""
+        if self.landmarks is None or not np.isfinite(self.landmarks[index0]).all():
+            return 0.0, 0.0
+        return float(self.landmarks[index0][0]), float(self.landmarks[index0][1])
+
+
+def crop_around_landmarks(image: np.ndarray, landmarks: np.ndarray, margin: float = 25):
+    """Crop ``image`` (H, W[, C]) to the landmarks' bounding box plus ``margin`` px on every side
+    (clipped to the image). Returns ``(crop, landmarks_in_crop)``; landmarks are ``(N, 2)`` (x, y)."""
+    lms = np.asarray(landmarks, dtype=float)
+    h, w = image.shape[:2]
+    x0, y0 = np.floor(lms.min(axis=0) - margin).astype(int).clip(0)
+    x1 = int(min(w, np.ceil(lms[:, 0].max() + margin)))
+    y1 = int(min(h, np.ceil(lms[:, 1].max() + margin)))
+    return image[y0:y1, x0:x1], lms - (x0, y0)
+
 
 class AnnotationStore:
     """One dataset folder. Thread-safe within a process (one lock per folder); every mutating

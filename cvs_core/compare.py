@@ -129,6 +129,51 @@ def roi_scale(config: PreprocessConfig) -> float:
     return float(SEED_ROI_SCALE if config.roi == "seed" else config.roi_scale)
 
 
+# ----------------------------------------------------------------------------- the ROI of a full cephalogram
+FULL_ROI_MODES = ("auto", "seed", "none")   # find C2–C4 · the study's crop · the whole image
+
+
+def find_roi(predictor, image: np.ndarray, spacing_mm: float | None = None):
+    """Find C2–C4 in a full cephalogram ``image (H, W)`` with ``predictor``'s auto-ROI finder (the
+    model itself when it is a heatmap U-Net, else the shipped ``unet_heatmap``) →
+    :class:`~cvs_core.roi.RoiResult`. Passing that result to every model's ``predict(image, roi=…)``
+    is what ``predict(image, roi="auto")`` does, with one search shared by the models compared."""
+    return predictor.auto_roi().find(image, spacing_mm)
+
+
+def moved_roi(image: np.ndarray, box, found, spacing_mm: float | None = None):
+    """The ROI after the user moved or redrew the found box: ``box`` ``(x0, y0, x1, y1)`` input px
+    (may run past the image edges, but its centre must lie on the image); ``found``: the auto
+    :class:`~cvs_core.roi.RoiResult` (its mirror setting is kept). Raises ValueError for a bad box."""
+    from cvs_core.roi import roi_from_box
+
+    try:
+        x0, y0, x1, y1 = (float(v) for v in box)
+    except (TypeError, ValueError):
+        raise ValueError(f"ROI box must be four numbers x0, y0, x1, y1; got {box!r}") from None
+    h, w = image.shape[:2]
+    if not (np.isfinite([x0, y0, x1, y1]).all() and x1 - x0 >= 8 and y1 - y0 >= 8):
+        raise ValueError(f"ROI box {[x0, y0, x1, y1]} must be at least 8×8 px with x1 > x0 and y1 > y0")
+    if not (0 <= (x0 + x1) / 2 <= w and 0 <= (y0 + y1) / 2 <= h) or y1 - y0 > 4 * h:
+        raise ValueError(f"ROI box {[x0, y0, x1, y1]} must be centred on the {w}×{h} image")
+    return roi_from_box(image, (x0, y0, x1, y1), mirrored=bool(found.mirrored) if found is not None else False,
+                        spacing_mm=spacing_mm)
+
+
+def roi_box(roi) -> list[int]:
+    """A :class:`~cvs_core.roi.RoiResult`'s box as rounded ints ``[x0, y0, x1, y1]`` (input px)."""
+    return [int(round(float(v))) for v in roi.box]
+
+
+def describe_roi(roi) -> object:
+    """A JSON-serialisable description of the ROI used: "seed" / "none" / a box list as given, or
+    ``{"mode": "auto" | "moved", **RoiResult.to_json_dict()}`` for a found / moved ROI."""
+    if hasattr(roi, "to_json_dict"):
+        mode = "moved" if "ROI placed by hand" in roi.notes else "auto"
+        return {"mode": mode, **roi.to_json_dict()}
+    return roi
+
+
 # ----------------------------------------------------------------------------- the comparison
 @dataclass
 class ModelResult:
@@ -148,6 +193,9 @@ class ModelResult:
     stage_error: str | None = None
     summary: dict | None = None
     outside: list[int] = field(default_factory=list)
+    fit_ok: bool = True                  # False: implausible outline / low confidence — the stage is unreliable
+    fit_message: str = ""
+    warnings: list[str] = field(default_factory=list)   # predict.prediction_warnings
 
     @property
     def n_found(self) -> int:
@@ -156,6 +204,11 @@ class ModelResult:
     @property
     def has_response(self) -> bool:
         return self.codec_kind in ("mask", "heatmap")
+
+    @property
+    def stage_reliable(self) -> bool:
+        """A stage was read and the fit check passed (else show it as unreliable, not as a result)."""
+        return self.stage is not None and self.fit_ok
 
 
 @dataclass
@@ -204,6 +257,8 @@ class Comparison:
             models={m: {"landmarks_roi": r.landmarks, "landmarks_input": predictions[m].landmarks,
                         "confidence": r.confidence, "codec": r.codec_kind, "timings_ms": predictions[m].ms,
                         "stage": r.stage.to_dict() if r.stage is not None else None,
+                        "stage_reliable": r.stage_reliable, "fit_message": r.fit_message,
+                        "warnings": list(r.warnings),
                         "landmarks_outside_roi": r.outside,
                         "preprocess": predictions[m].preprocessed.config.to_dict()}
                     for m, r in self.models.items()},
@@ -227,6 +282,9 @@ class Comparison:
         for m, r in self.models.items():
             stage = (f"<b>{esc(r.stage.label)}</b> ({esc(r.stage.confidence_level)} fit) — {esc(r.stage.rationale)}"
                      if r.stage is not None else f"no stage: {esc(str(r.stage_error))}")
+            if not r.fit_ok:
+                stage = f"<span class='warn'>UNRELIABLE ({esc(r.fit_message)})</span><br>{stage}"
+            stage += "".join(f"<br><span class='warn'>{esc(w)}</span>" for w in r.warnings)
             err = ""
             if r.summary is not None and r.summary.get("mre_mm") is not None:
                 err = f"<br>MRE {r.summary['mre_mm']:.2f} mm ({r.summary['mre_px']:.1f} ROI px)"
@@ -301,13 +359,16 @@ def comparison_table(results: dict[str, ModelResult], truth: np.ndarray | None, 
 
 
 def analyse(inp: InputImage, predictions: dict, codec_kinds: dict[str, str], roi,
-            input_spacing_mm: float | None = None) -> Comparison:
+            input_spacing_mm: float | None = None, staging_config=None) -> Comparison:
     """One input and each model's prediction → :class:`Comparison`.
 
     predictions: model → :class:`~cvs_core.predict.Prediction` (all made with the same ``roi``);
     codec_kinds: model → its codec's ``kind`` ("mask", "heatmap", "regression");
     input_spacing_mm: mm/px of ``inp.image`` (default: :meth:`InputImage.nominal_spacing`). The ROI
-    spacing is that divided by the ROI scale of the preprocessing (×0.5 for the study preset)."""
+    spacing is that divided by the ROI scale of the preprocessing (×0.5 for the study preset, the
+    found ROI's scale for an auto / moved ROI); staging_config: a shipped staging name
+    ("default" = calibrated, "textbook", "learned") or a config, for every stage shown."""
+    from cvs_core.predict import prediction_warnings
     from cvs_core.preprocess import apply_affine
     from cvs_core.staging import stage_landmarks
     from cvs_core.viz import error_summary
@@ -316,7 +377,9 @@ def analyse(inp: InputImage, predictions: dict, codec_kinds: dict[str, str], roi
         raise ValueError("no model produced a prediction")
     first = next(iter(predictions.values()))
     pre = first.preprocessed
-    scale = roi_scale(pre.config)
+    found = getattr(first, "roi_result", None)
+    scale = float(found.scale) if found is not None else roi_scale(pre.config)
+    roi = describe_roi(found) if found is not None else roi
     spacing_in = float(input_spacing_mm) if input_spacing_mm else inp.nominal_spacing()
     spacing = spacing_in / scale
     truth = apply_affine(pre.roi_affine, inp.truth) if inp.truth is not None else None
@@ -330,9 +393,11 @@ def analyse(inp: InputImage, predictions: dict, codec_kinds: dict[str, str], roi
         res = ModelResult(name=m, landmarks=np.asarray(p.landmarks_roi, np.float64),
                           confidence=np.asarray(p.confidence, np.float64), codec_kind=codec_kinds.get(m, "?"),
                           input_size=tuple(p.preprocessed.config.input_size), ms=float(p.ms["total"]),
-                          outside=outside_indices(p.landmarks_roi, shape))
+                          outside=outside_indices(p.landmarks_roi, shape), fit_ok=bool(getattr(p, "fit_ok", True)),
+                          fit_message=str(getattr(p, "fit_message", "")),
+                          warnings=prediction_warnings(inp.image, p))
         try:
-            res.stage = stage_landmarks(res.landmarks, spacing)
+            res.stage = stage_landmarks(res.landmarks, spacing, config=staging_config)
         except ValueError as exc:
             res.stage_error = str(exc)
         if truth is not None:
@@ -346,7 +411,7 @@ def analyse(inp: InputImage, predictions: dict, codec_kinds: dict[str, str], roi
         if truth_outside:
             warnings.append(_outside_sentence("Ground truth", truth_outside))
         try:
-            truth_stage = stage_landmarks(truth, spacing)
+            truth_stage = stage_landmarks(truth, spacing, config=staging_config)
         except ValueError:
             truth_stage = None
     if len(results) == 2:

@@ -1,6 +1,6 @@
-"""A small router for the Annotate page's tests until the page is in streamlit_app.py: the Annotate page
-(default) and a "roi_box" page that mounts the editor's rectangle mode on a sample cephalogram and
-prints the box it returns (what Compare's custom ROI will use)."""
+"""A small router for the Annotate page's tests (the page alone, without the app's other pages): the
+Annotate page (default) and a "roi_box" page that mounts the editor's rectangle mode on a sample
+cephalogram and prints the box it returns (what Compare's auto-ROI box editor returns)."""
 from __future__ import annotations
 
 import sys

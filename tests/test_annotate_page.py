@@ -128,3 +128,21 @@ def test_finetune_button_registers_a_model_listed_for_compare(home):
     assert "samples_ft_page" in [m.name for m in list_models()]
     at.run()
     assert "samples_ft_page" in at.selectbox(key="ann_model").options  # the app's model lists include it
+
+
+def test_record_helpers_and_landmark_crop():
+    """The page's former numpy code, now in the library: record completeness, a landmark's position,
+    and the crop around the landmarks used for the "which landmark is which" diagram."""
+    from cvs_core.annotation_store import ImageRecord, crop_around_landmarks
+
+    lms = np.column_stack([np.linspace(40, 80, 19), np.linspace(30, 90, 19)])
+    rec = ImageRecord("a.png", "predicted", lms.copy(), confidence=0.7)
+    assert rec.complete and rec.has_confidence and rec.point(18) == (80.0, 90.0)
+    rec.landmarks[3] = np.nan
+    assert not rec.complete and rec.point(3) == (0.0, 0.0)
+    assert not ImageRecord("b.png", None, None).complete and not ImageRecord("b.png", None, None).has_confidence
+    image = np.arange(100 * 120, dtype=np.uint16).reshape(100, 120)
+    crop, moved = crop_around_landmarks(image, lms, margin=25)
+    assert crop.shape == (95, 90)  # x 15..105, y 5..115 clipped to the image's 100 rows
+    assert crop[0, 0] == image[5, 15]
+    np.testing.assert_allclose(moved, lms - (15, 5))

@@ -13,6 +13,7 @@ Python API::
     event.undo  -> a number when Undo was pressed, else None
     box = roi_box_editor(image, key="roi", rect=(0, 400, 250, 1000))
     box.rect    -> {"x0":…, "y0":…, "x1":…, "y1":…} (integers, the image's frame) or None
+                   (drag inside the box to move it, outside it to draw a new one)
 """
 from __future__ import annotations
 
@@ -91,9 +92,11 @@ def landmark_editor(image: np.ndarray, points, *, key: str, revision: int | str 
 
 
 def roi_box_editor(image: np.ndarray, *, key: str, rect=None, height_px: int = 640, image_src: str | None = None):
-    """Mount the editor in rectangle mode: drag on the image to draw a box. ``rect``: the box to show
-    first ``(x0, y0, x1, y1)``. Returns the result whose trigger ``rect`` is
-    ``{"x0", "y0", "x1", "y1"}`` (integers, the image's frame, clipped to it) after a drawing, else None."""
+    """Mount the editor in rectangle mode: drag on the image to draw a box, or drag inside the shown
+    box to move it (its size kept, its centre kept on the image). ``rect``: the box to show first
+    ``(x0, y0, x1, y1)`` (may run past the image). Returns the result whose trigger ``rect`` is
+    ``{"x0", "y0", "x1", "y1"}`` (integers, the image's frame; clipped to the image after a drawing,
+    plus ``"moved": True`` after a move, which may leave part of the box past an edge), else None."""
     h, w = image.shape[:2]
     data = {"image": image_src or image_uri(image), "width": int(w), "height": int(h), "mode": "rect",
             "points": [], "names": [], "outlines": {}, "zoom_box": None, "height_px": int(height_px),

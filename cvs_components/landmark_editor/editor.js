@@ -113,7 +113,8 @@ function drawPoints(s) {
 function say(s) {
   const d = s.data;
   if (d.mode === "rect") {
-    s.msg.textContent = "Drag on the image to draw the box.";
+    s.msg.textContent = s.rectBox ? "Drag the box to move it, or drag outside it to draw a new one."
+                                  : "Drag on the image to draw the box.";
   } else if (s.selected !== null) {
     s.msg.textContent = `Selected ${s.selected + 1} ${d.names[s.selected]} — click on the image to place it, or drag any point.`;
   } else {
@@ -150,8 +151,15 @@ function wire(s, api) {
     const d = s.data;
     const f = toFrame(s, evt);
     if (d.mode === "rect") {
-      s.drag = { kind: "rect", x0: f.x, y0: f.y };
-      s.rectBox = [f.x, f.y, f.x, f.y];
+      const b = s.rectBox;
+      const inside = b && f.x >= Math.min(b[0], b[2]) && f.x <= Math.max(b[0], b[2]) &&
+                     f.y >= Math.min(b[1], b[3]) && f.y <= Math.max(b[1], b[3]);
+      if (inside && !evt.shiftKey) {  // drag the box itself: move it, keep its size
+        s.drag = { kind: "move", sx: f.x, sy: f.y, box: b.slice(), moved: false };
+      } else {                        // outside (or with Shift): draw a new box
+        s.drag = { kind: "rect", x0: f.x, y0: f.y };
+        s.rectBox = [f.x, f.y, f.x, f.y];
+      }
     } else {
       const g = evt.target.closest ? evt.target.closest(".le-pt") : null;
       if (g) {
@@ -176,6 +184,9 @@ function wire(s, api) {
     const f = toFrame(s, evt);
     if (s.drag.kind === "rect") {
       s.rectBox = [s.drag.x0, s.drag.y0, f.x, f.y];
+    } else if (s.drag.kind === "move") {
+      s.rectBox = moved(s, s.drag.box, f.x - s.drag.sx, f.y - s.drag.sy);
+      s.drag.moved = true;
     } else {
       if (Math.hypot(evt.clientX - s.drag.sx, evt.clientY - s.drag.sy) < 2 && !s.drag.moved) return;
       s.drag.moved = true;
@@ -188,7 +199,14 @@ function wire(s, api) {
     const drag = s.drag;
     s.drag = null;
     try { s.svg.releasePointerCapture(evt.pointerId); } catch (e) { /* already released */ }
-    if (drag.kind === "rect") {
+    if (drag.kind === "move") {
+      if (drag.moved) {
+        const box = s.rectBox.map((v) => Math.round(v));
+        s.rectBox = box;
+        drawPoints(s);
+        s.api.setTriggerValue("rect", { x0: box[0], y0: box[1], x1: box[2], y1: box[3], moved: true, nonce: Date.now() });
+      }
+    } else if (drag.kind === "rect") {
       const d = s.data;
       const [ax, ay, bx, by] = s.rectBox;
       const clip = (v, hi) => Math.max(0, Math.min(hi, v));
@@ -212,6 +230,16 @@ function wire(s, api) {
     s.resize = new ResizeObserver(() => { if (s.data) layout(s); });
     s.resize.observe(s.svg);
   }
+}
+
+// The box moved by (dx, dy), its size kept; its centre stays on the image (the box may run past an
+// edge, as a found ROI near the image border does).
+function moved(s, box, dx, dy) {
+  const [x0, y0, x1, y1] = box;
+  const cx = Math.max(0, Math.min(s.data.width, (x0 + x1) / 2 + dx));
+  const cy = Math.max(0, Math.min(s.data.height, (y0 + y1) / 2 + dy));
+  const hw = Math.abs(x1 - x0) / 2, hh = Math.abs(y1 - y0) / 2;
+  return [cx - hw, cy - hh, cx + hw, cy + hh];
 }
 
 function send(s, i) {
