@@ -60,6 +60,8 @@ class TrainConfig:
     time_limit_s: float | None = None  # stop (keeping the best checkpoint) after this long
     workers: int = 1                  # threads preparing batches
     init_from: str | None = None      # model folder (or name) whose weights start this run (fine-tuning)
+    augment_profile: str = "standard"  # standard (the fields above) | realistic (augment_realistic)
+    wide_phantoms: float = 0.0        # share of the rendered training phantoms cut from wide phantoms
     name: str | None = None
 
     def __post_init__(self):
@@ -69,6 +71,10 @@ class TrainConfig:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {PRESETS}")
         if self.distribute not in ("none", "mirrored", "multiworker"):
             raise ValueError(f"distribute must be none, mirrored or multiworker, got {self.distribute!r}")
+        if self.augment_profile not in AUGMENT_PROFILES:
+            raise ValueError(f"augment_profile must be one of {AUGMENT_PROFILES}, got {self.augment_profile!r}")
+        if not 0.0 <= self.wide_phantoms <= 1.0:
+            raise ValueError(f"wide_phantoms is a share of the phantoms, 0..1; got {self.wide_phantoms}")
         if self.csv is None and self.phantoms <= 0:
             raise ValueError("no training data: give a CSV (+ image folder) or phantoms > 0")
         if self.csv is not None and self.images is None:
@@ -146,6 +152,7 @@ class Sample:
     path: str | None = None
     phantom_seed: int | None = None
     phantom_stage: int | None = None
+    wide: bool = False  # phantom cut from a wide phantom with a jittered box (synth.wide_phantom_roi)
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         if self.path is not None:
@@ -154,7 +161,11 @@ class Sample:
                 from cvs_core.imaging import read_image
                 image = read_image(self.path).as_uint8()
             return image, self.landmarks
-        from cvs_core.synth import render_phantom
+        from cvs_core.synth import render_phantom, wide_phantom_roi
+        if self.wide:
+            # moderate box jitter: the realistic profile's affine comes on top of it
+            ph = wide_phantom_roi(self.phantom_seed, stage=self.phantom_stage, scale_range=0.2, shift_frac=(0.08, 0.1))
+            return ph.image, ph.landmarks
         ph = render_phantom(self.phantom_seed, stage=self.phantom_stage)
         return ph.image, ph.landmarks
 
@@ -181,6 +192,175 @@ def augment_sample(rng: np.random.Generator, image: np.ndarray, landmarks: np.nd
     x = (x - 0.5) * rng.uniform(0.8, 1.2) + 0.5 + rng.uniform(-0.06, 0.06)
     x += rng.normal(0, rng.uniform(0, 0.03), x.shape).astype(np.float32)
     return np.clip(x * 255 + 0.5, 0, 255).astype(np.uint8), pts
+
+
+AUGMENT_PROFILES = ("standard", "realistic")
+
+
+@dataclass(frozen=True)
+class RealisticAugment:
+    """Ranges of the ``realistic`` augmentation profile (issue 8: images from other clinics).
+
+    Geometry (one affine, landmarks follow it): rotation ±``rotation_deg``, scale 1 ± ``scale_range``,
+    shift ±``shift_frac`` of (width, height), so C1 or C5–C6 come into view and the vertebrae appear
+    at 0.65–1.35× their size. Appearance, each with its probability: clinic CLAHE, gamma, exposure,
+    blur, unsharp masking, noise with a realistic spectrum (signal-dependent white + correlated
+    low-frequency), burned-in text, rulers, collimator edges, cervical collars, JPEG compression."""
+
+    rotation_deg: float = 15.0
+    scale_range: float = 0.35
+    shift_frac: tuple[float, float] = (0.12, 0.18)
+    max_outside_px: float = 20.0   # redraw the affine when a landmark would land further outside
+    p_clahe: float = 0.35
+    p_blur: float = 0.5
+    p_unsharp: float = 0.25
+    p_text: float = 0.35
+    p_ruler: float = 0.25
+    p_collimator: float = 0.35
+    p_collar: float = 0.15
+    p_jpeg: float = 0.3
+
+
+REALISTIC = RealisticAugment()
+
+
+def realistic_affine(rng: np.random.Generator, shape_hw, landmarks: np.ndarray,
+                     params: RealisticAugment = REALISTIC) -> np.ndarray:
+    """2×3 affine of the realistic profile for an image ``(H, W)``: rotation and scale about the
+    centre, then a shift; redrawn (up to 20 times) while a landmark would fall more than
+    ``max_outside_px`` outside the image. ``landmarks`` ``(19, 2)`` may hold NaN (ignored)."""
+    h, w = shape_hw
+    pts = np.asarray(landmarks, np.float64)
+    m = None
+    for _ in range(20):
+        angle = rng.uniform(-params.rotation_deg, params.rotation_deg)
+        scale = 1.0 + rng.uniform(-params.scale_range, params.scale_range)
+        m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, scale)
+        m[:, 2] += rng.uniform(-1, 1, 2) * np.array(params.shift_frac) * np.array([w, h])
+        q = apply_affine(m, pts)
+        q = q[np.isfinite(q).all(axis=1)]
+        lim = params.max_outside_px
+        if q.size == 0 or ((q > -lim).all() and (q[:, 0] < w - 1 + lim).all() and (q[:, 1] < h - 1 + lim).all()):
+            break
+    return m
+
+
+def _spectral_noise(rng: np.random.Generator, shape_hw) -> np.ndarray:
+    """Zero-mean noise ``(H, W)`` float32 with a falling spectrum: white + blobs at 2, 6 and 20 px."""
+    h, w = shape_hw
+    out = rng.standard_normal((h, w)).astype(np.float32) * rng.uniform(0.3, 1.0)
+    for factor, amp in ((2, rng.uniform(0.0, 0.8)), (6, rng.uniform(0.0, 0.6)), (20, rng.uniform(0.0, 0.5))):
+        small = rng.standard_normal((h // factor + 2, w // factor + 2)).astype(np.float32)
+        out += amp * cv2.resize(small, (w + 2 * factor, h + 2 * factor), interpolation=cv2.INTER_CUBIC)[factor:factor + h, factor:factor + w]
+    return out
+
+
+def _burn_text(rng, img: np.ndarray) -> None:
+    h, w = img.shape
+    chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 :/.-"
+    for _ in range(int(rng.integers(1, 4))):
+        text = "".join(rng.choice(list(chars), int(rng.integers(3, 14))))
+        org = (int(rng.uniform(0, w * 0.7)), int(rng.choice([rng.uniform(10, 60), rng.uniform(h - 40, h - 5)])))
+        cv2.putText(img, text, org, int(rng.choice([0, 1, 2, 3, 4])), float(rng.uniform(0.3, 0.9)),
+                    int(rng.choice([255, 230, 0])), int(rng.integers(1, 3)), cv2.LINE_AA)
+
+
+def _draw_ruler(rng, img: np.ndarray) -> None:
+    h, w = img.shape
+    value = int(rng.choice([255, 220, 30]))
+    step = float(rng.uniform(6.0, 16.0))
+    if rng.random() < 0.6:  # vertical ruler near an edge
+        x = float(rng.choice([rng.uniform(3, 30), rng.uniform(w - 30, w - 3)]))
+        y0, y1 = sorted(rng.uniform(0, h, 2))
+        cv2.line(img, (int(x), int(y0)), (int(x), int(y1)), value, int(rng.integers(1, 3)), cv2.LINE_AA)
+        for k, y in enumerate(np.arange(y0, y1, step)):
+            length = 10 if k % 5 == 0 else 5
+            cv2.line(img, (int(x), int(y)), (int(x + length), int(y)), value, 1, cv2.LINE_AA)
+    else:
+        y = float(rng.choice([rng.uniform(3, 40), rng.uniform(h - 40, h - 3)]))
+        x0, x1 = sorted(rng.uniform(0, w, 2))
+        cv2.line(img, (int(x0), int(y)), (int(x1), int(y)), value, int(rng.integers(1, 3)), cv2.LINE_AA)
+        for k, x in enumerate(np.arange(x0, x1, step)):
+            length = 10 if k % 5 == 0 else 5
+            cv2.line(img, (int(x), int(y)), (int(x), int(y - length)), value, 1, cv2.LINE_AA)
+
+
+def _collimator(rng, x: np.ndarray) -> np.ndarray:
+    """Blend one or two shutter edges (flat bright or dark bands with a soft edge) into ``x`` in [0, 1]."""
+    h, w = x.shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    for _ in range(int(rng.integers(1, 3))):
+        side = int(rng.integers(4))
+        depth = float(rng.uniform(3, 0.18 * (w if side < 2 else h)))
+        coord = (xs, w - 1 - xs, ys, h - 1 - ys)[side]
+        tilt = rng.uniform(-0.08, 0.08) * ((ys, ys, xs, xs)[side] - (h if side < 2 else w) / 2)
+        band = 1.0 / (1.0 + np.exp(-np.clip((depth + tilt - coord) / rng.uniform(0.5, 3.0), -30, 30)))
+        level = float(rng.choice([rng.uniform(0.85, 1.0), rng.uniform(0.0, 0.1)]))
+        x = x * (1 - band) + level * band
+    return x
+
+
+def _collar(rng, x: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """A cervical collar: a slanted band of extra attenuation with bright rims and rivets across the
+    lower neck (below C3 where landmarks are known)."""
+    h, w = x.shape
+    finite = landmarks[np.isfinite(landmarks).all(axis=1)]
+    y_top = float(np.median(finite[:, 1])) + rng.uniform(-20, 80) if finite.size else rng.uniform(0.4, 0.8) * h
+    thick = rng.uniform(40, 160)
+    slope = rng.uniform(-0.3, 0.1)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    top = y_top + slope * (xs - w / 2)
+    inside = 1.0 / (1.0 + np.exp(-np.clip((ys - top) / 2.0, -30, 30))) * \
+        1.0 / (1.0 + np.exp(-np.clip((top + thick - ys) / 2.0, -30, 30)))
+    rims = np.exp(-((ys - top) / 1.5) ** 2) + np.exp(-((ys - top - thick) / 1.5) ** 2)
+    x = x + inside * rng.uniform(0.06, 0.2) + rims * rng.uniform(0.05, 0.2)
+    for _ in range(int(rng.integers(0, 4))):
+        cx = rng.uniform(0, w)
+        cy = y_top + slope * (cx - w / 2) + rng.uniform(0.2, 0.8) * thick
+        x = x + 0.5 * np.exp(-(((xs - cx) ** 2 + (ys - cy) ** 2) / rng.uniform(4, 25)))
+    return x
+
+
+def augment_realistic(rng: np.random.Generator, image: np.ndarray, landmarks: np.ndarray, config=None,
+                      params: RealisticAugment = REALISTIC, photometric: bool = True):
+    """The ``realistic`` augmentation profile (:class:`RealisticAugment`): one affine moves the
+    image and the landmarks exactly (border: reflected, or a constant like an image edge), then the
+    appearance of another clinic's radiograph. ``config`` is unused (same signature as
+    :func:`augment_sample`). Returns ``(image uint8 (H, W), landmarks (19, 2))``."""
+    h, w = image.shape[:2]
+    m = realistic_affine(rng, (h, w), landmarks, params)
+    border = (cv2.BORDER_REFLECT_101, 0) if rng.random() < 0.6 else (cv2.BORDER_CONSTANT, int(rng.choice([0, 255, 128])))
+    warped = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=border[0], borderValue=border[1])
+    pts = apply_affine(m, landmarks)
+    if not photometric:
+        return warped, pts
+    img = warped
+    if rng.random() < params.p_clahe:  # the clinic's own contrast processing
+        tiles = int(rng.integers(2, 9))
+        img = cv2.createCLAHE(clipLimit=float(rng.uniform(1.0, 4.0)), tileGridSize=(tiles, tiles)).apply(img)
+    x = img.astype(np.float32) / 255.0
+    if rng.random() < params.p_collar:
+        x = _collar(rng, x, pts)
+    x = np.clip(x, 0.0, 1.0) ** rng.uniform(0.6, 1.6)                             # gamma
+    x = (x - 0.5) * rng.uniform(0.65, 1.35) + 0.5 + rng.uniform(-0.12, 0.12)       # exposure
+    if rng.random() < params.p_blur:
+        x = cv2.GaussianBlur(x, (0, 0), rng.uniform(0.3, 1.8))
+    if rng.random() < params.p_unsharp:
+        x = x + rng.uniform(0.3, 1.5) * (x - cv2.GaussianBlur(x, (0, 0), rng.uniform(2.0, 8.0)))
+    sigma = rng.uniform(0.0, 0.045)
+    x = x + _spectral_noise(rng, (h, w)) * sigma * np.sqrt(np.clip(x, 0.02, 1.0) / 0.5)
+    if rng.random() < params.p_collimator:
+        x = _collimator(rng, np.clip(x, 0.0, 1.0))
+    img = np.clip(x * 255 + 0.5, 0, 255).astype(np.uint8)
+    if rng.random() < params.p_text:
+        _burn_text(rng, img)
+    if rng.random() < params.p_ruler:
+        _draw_ruler(rng, img)
+    if rng.random() < params.p_jpeg:
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(35, 90))])
+        if ok:
+            img = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+    return img, pts
 
 
 def encode_sample(image, landmarks, pre_config: PreprocessConfig, codec):
@@ -225,8 +405,9 @@ class LandmarkSequence(_keras_dataset_base()):
         self._order = self._make_order()
 
     def _epoch_samples(self) -> list[Sample]:
+        n_wide = int(round(100 * getattr(self.config, "wide_phantoms", 0.0)))
         phantoms = [Sample(landmarks=None, phantom_seed=self.seed * 1_000_003 + self.epoch * 100_003 + i,
-                           phantom_stage=i % 6 + 1) for i in range(self.fresh_phantoms)]
+                           phantom_stage=i % 6 + 1, wide=(i * 37) % 100 < n_wide) for i in range(self.fresh_phantoms)]
         return self.samples + phantoms
 
     def _make_order(self):
@@ -246,7 +427,8 @@ class LandmarkSequence(_keras_dataset_base()):
             image, pts = self._current[i].load()
             if self.augment:
                 rng = np.random.default_rng([self.seed, self.epoch, int(i), 7])
-                image, pts = augment_sample(rng, image, pts, self.config)
+                augment_fn = augment_realistic if self.config.augment_profile == "realistic" else augment_sample
+                image, pts = augment_fn(rng, image, pts, self.config)
             x, y = encode_sample(image, pts, self.pre_config, self.codec)
             xs.append(x)
             ys.append(y)
