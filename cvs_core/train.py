@@ -62,6 +62,9 @@ class TrainConfig:
     init_from: str | None = None      # model folder (or name) whose weights start this run (fine-tuning)
     augment_profile: str = "standard"  # standard (the fields above) | realistic (augment_realistic)
     wide_phantoms: float = 0.0        # share of the rendered training phantoms cut from wide phantoms
+    loss: str | None = None           # None: the architecture's; or a key of architectures.LOSSES (mse, wing, smooth_l1)
+    lr_schedule: str | None = None    # None/"plateau": halve on plateau (today's); "warmup_cosine"
+    warmup_epochs: int = 2            # linear warm-up epochs of "warmup_cosine"
     name: str | None = None
 
     def __post_init__(self):
@@ -75,6 +78,8 @@ class TrainConfig:
             raise ValueError(f"augment_profile must be one of {AUGMENT_PROFILES}, got {self.augment_profile!r}")
         if not 0.0 <= self.wide_phantoms <= 1.0:
             raise ValueError(f"wide_phantoms is a share of the phantoms, 0..1; got {self.wide_phantoms}")
+        if self.loss is not None and self.loss not in architectures.LOSSES:
+            raise ValueError(f"loss must be one of {sorted(architectures.LOSSES)} (or unset), got {self.loss!r}")
         if self.csv is None and self.phantoms <= 0:
             raise ValueError("no training data: give a CSV (+ image folder) or phantoms > 0")
         if self.csv is not None and self.images is None:
@@ -85,6 +90,8 @@ class TrainConfig:
         for key, value in defaults.items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
+        if self.lr_schedule not in (None, "plateau", "warmup_cosine"):
+            raise ValueError(f"lr_schedule must be plateau or warmup_cosine, got {self.lr_schedule!r}")
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError("epochs and batch size must be ≥ 1 and lr > 0")
 
@@ -137,8 +144,61 @@ def builder_kwargs(config: TrainConfig) -> dict:
 
 
 def loss_for(config: TrainConfig):
-    """``(loss, metrics)`` for ``model.compile``, from the architecture's entry."""
+    """``(loss, metrics)`` for ``model.compile``: the run's ``loss`` choice when set, else the
+    architecture's entry."""
+    if getattr(config, "loss", None):
+        return architectures.LOSSES[config.loss]()
     return get_arch(config.model).loss()
+
+
+def warmup_cosine_lr(epoch: int, base_lr: float, epochs: int, warmup_epochs: int, floor: float = 0.01) -> float:
+    """Learning rate of epoch ``epoch`` (0-based): linear warm-up from ``base_lr/warmup`` to ``base_lr``
+    over ``warmup_epochs``, then cosine decay to ``floor·base_lr`` at the last epoch."""
+    if warmup_epochs > 0 and epoch < warmup_epochs:
+        return base_lr * (epoch + 1) / warmup_epochs
+    span = max(1, epochs - warmup_epochs - 1)
+    t = min(1.0, (epoch - warmup_epochs) / span)
+    return base_lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _warmup_cosine_class():
+    import keras
+
+    class WarmupCosine(keras.callbacks.Callback):
+        """Sets the learning rate at each epoch start by :func:`warmup_cosine_lr`. With a
+        ``time_limit_s`` the cosine runs over whichever ends first, the epochs or the time (the
+        progress is the larger of the two fractions), so a time-boxed run still anneals."""
+
+        def __init__(self, config):
+            super().__init__()
+            self.config = config
+            self.t0 = time.time()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            c = self.config
+            progress = epoch / max(1, c.epochs - 1)
+            if c.time_limit_s:
+                progress = max(progress, (time.time() - self.t0) / c.time_limit_s)
+            virtual = c.warmup_epochs + progress * max(1, c.epochs - c.warmup_epochs - 1)
+            e = epoch if epoch < c.warmup_epochs else max(virtual, c.warmup_epochs)
+            self.model.optimizer.learning_rate = warmup_cosine_lr(e, c.lr, c.epochs, c.warmup_epochs)
+
+    return WarmupCosine
+
+
+def WarmupCosine(config):  # noqa: N802 (a class made on first use, so keras is imported lazily)
+    """The warm-up + cosine learning-rate callback for ``config`` (see :func:`warmup_cosine_lr`)."""
+    return _warmup_cosine_class()(config)
+
+
+def schedule_callbacks(config: TrainConfig, monitor_key: str) -> list:
+    """The learning-rate callbacks of a run: ReduceLROnPlateau (today's default) or a warm-up +
+    cosine ``LearningRateScheduler`` (``lr_schedule="warmup_cosine"``)."""
+    import keras
+    if config.lr_schedule == "warmup_cosine":
+        return [WarmupCosine(config)]
+    return [keras.callbacks.ReduceLROnPlateau(monitor=monitor_key, mode="min", factor=0.5,
+                                              patience=config.reduce_lr_patience, min_lr=1e-6)]
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -643,8 +703,7 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, verbose: boo
         monitor,
         keras.callbacks.ModelCheckpoint(out_dir / "checkpoints" / "best.keras", monitor=monitor_key,
                                         mode="min", save_best_only=True),
-        keras.callbacks.ReduceLROnPlateau(monitor=monitor_key, mode="min", factor=0.5,
-                                          patience=config.reduce_lr_patience, min_lr=1e-6),
+        *schedule_callbacks(config, monitor_key),
         keras.callbacks.EarlyStopping(monitor=monitor_key, mode="min", patience=config.early_stopping_patience),
         *(extra_callbacks or []),
     ]

@@ -126,3 +126,81 @@ def test_training_sequence_uses_the_profile():
     assert x.shape == (2, 96, 40, 1) and y.shape == (2, 96, 40, 19)
     # the standard profile stays the default path
     assert augment_sample is not augment_realistic
+
+
+# --- the InceptionResNetV2 recipe (issue 9) --------------------------------------------------------
+
+def test_integral_head_reads_the_peak_location():
+    import keras
+    from cvs_core.codecs import RegressionCodec
+    from cvs_core.networks import IntegralCoordinates
+    gh, gw, stride = 48, 20, 8
+    rng = np.random.default_rng(0)
+    cells = np.stack([rng.integers(0, gh, 19), rng.integers(0, gw, 19)], 1)
+    logits = np.full((1, gh, gw, 19), -50.0, np.float32)
+    for k, (i, j) in enumerate(cells):
+        logits[0, i, j, k] = 50.0
+    out = np.asarray(IntegralCoordinates()(keras.ops.convert_to_tensor(logits)))
+    assert out.shape == (1, 38)
+    # decoded by the normalised regression codec: cell (i, j) is input pixel ((j+0.5)·8 − 0.5, …)
+    pts, _ = RegressionCodec(input_size=(384, 160), normalize=True).decode(out[0])
+    want = (cells[:, ::-1] + 0.5) * stride - 0.5
+    assert np.abs(pts - want).max() < 1e-3
+    # and a codec round trip of arbitrary landmarks through the same target
+    codec = RegressionCodec(input_size=(384, 160), normalize=True)
+    lm = rng.uniform(0, 150, (19, 2))
+    assert np.abs(codec.decode(codec.encode(lm))[0] - lm).max() < 1e-3
+
+
+def test_wing_and_smooth_l1_losses():
+    import keras
+    from cvs_core.networks import WING_EPS, WING_W, smooth_l1_loss, wing_loss
+    t = np.zeros((1, 38), np.float32)
+    for d in (0.001, 0.02, 0.2):
+        p = np.full((1, 38), d, np.float32)
+        wl = float(wing_loss(t, p))
+        want = WING_W * np.log(1 + d / WING_EPS) if d < WING_W else d - (WING_W - WING_W * np.log(1 + WING_W / WING_EPS))
+        assert wl == pytest.approx(want, rel=1e-5)
+        sl = float(smooth_l1_loss(t, p))
+        assert sl == pytest.approx(0.5 * d * d / 0.01 if d < 0.01 else d - 0.005, rel=1e-5)
+    # continuous at the wing's knee
+    below = float(wing_loss(t, np.full((1, 38), WING_W - 1e-6, np.float32)))
+    above = float(wing_loss(t, np.full((1, 38), WING_W + 1e-6, np.float32)))
+    assert abs(above - below) < 1e-4
+    assert keras.saving.get_registered_object("cvs>wing_loss") is wing_loss
+
+
+def test_warmup_cosine_schedule_and_config():
+    from cvs_core.architectures import get_arch
+    from cvs_core.train import loss_for, warmup_cosine_lr
+    lrs = [warmup_cosine_lr(e, 1e-3, 20, 3) for e in range(20)]
+    assert lrs[0] == pytest.approx(1e-3 / 3) and lrs[2] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))  # monotone decay after the warm-up
+    assert lrs[-1] == pytest.approx(1e-5)
+    cfg = TrainConfig(model="inception_integral", phantoms=2)
+    assert cfg.lr_schedule == "warmup_cosine" and loss_for(cfg)[0].__name__ == "wing_loss"
+    gap = TrainConfig(model="inception_gap", phantoms=2)
+    assert gap.lr_schedule is None and loss_for(gap)[0] == "mse"  # the shipped recipe is unchanged
+    assert loss_for(gap.replace(loss="smooth_l1"))[0].__name__ == "smooth_l1_loss"
+    with pytest.raises(ValueError, match="loss"):
+        TrainConfig(model="inception_gap", phantoms=2, loss="l3")
+    assert "NOT the study" in get_arch("inception_integral").help
+
+
+@pytest.mark.slow
+def test_inception_integral_builds_and_trains_two_steps(tmp_path):
+    # the real InceptionResNetV2 backbone (no smaller variant exists) at a small input
+    from cvs_core.train import train
+    cfg = TrainConfig(model="inception_integral", phantoms=2, val_phantoms=2, epochs=2, batch_size=2,
+                      steps_per_epoch=1, augment_profile="realistic", wide_phantoms=0.5, mixed_precision="off",
+                      builder_kwargs={"head_filters": 16},
+                      preprocess={"input_size": [160, 80], "resize_first": False, "channels": 3,
+                                  "scaling": "symmetric"})
+    folder = train(cfg, tmp_path / "run", verbose=False)
+    from cvs_core.registry import read_manifest
+    m = read_manifest(folder)
+    assert m["architecture"] == "inception_integral" and m["training"]["epochs_run"] == 2
+    assert np.isfinite(m["metrics"]["best_val_mre_px"])
+    from cvs_core.predict import Predictor
+    pred = Predictor(folder, warmup=False).predict(render_phantom(1, stage=2).image)
+    assert pred.landmarks.shape == (19, 2) and np.isfinite(pred.landmarks).all()
