@@ -165,17 +165,28 @@ def _warmup_cosine_class():
     import keras
 
     class WarmupCosine(keras.callbacks.Callback):
-        """Sets the learning rate at each epoch start by :func:`warmup_cosine_lr`. With a
-        ``time_limit_s`` the cosine runs over whichever ends first, the epochs or the time (the
-        progress is the larger of the two fractions), so a time-boxed run still anneals."""
+        """Sets the learning rate by :func:`warmup_cosine_lr`: during the warm-up epochs per batch
+        (linear from ~0, so a fresh Adam does not take full-size steps on a fine-tuned model), then at
+        each epoch start. With a ``time_limit_s`` the cosine runs over whichever ends first, the
+        epochs or the time (the progress is the larger of the two fractions), so a time-boxed run
+        still anneals."""
 
         def __init__(self, config):
             super().__init__()
             self.config = config
             self.t0 = time.time()
+            self.epoch = 0
+
+        def on_train_batch_begin(self, batch, logs=None):
+            c = self.config
+            steps = (self.params or {}).get("steps") or c.steps_per_epoch
+            if self.epoch < c.warmup_epochs and steps:
+                done = self.epoch * steps + batch + 1
+                self.model.optimizer.learning_rate = c.lr * min(1.0, done / (c.warmup_epochs * steps))
 
         def on_epoch_begin(self, epoch, logs=None):
             c = self.config
+            self.epoch = epoch
             progress = epoch / max(1, c.epochs - 1)
             if c.time_limit_s:
                 progress = max(progress, (time.time() - self.t0) / c.time_limit_s)

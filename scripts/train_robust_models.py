@@ -9,13 +9,17 @@ written with provenance — one command sized for a 9-minute budget (issues 8 an
    a share ``--wide-share`` of them are study-frame ROIs cut from wide phantoms with a jittered box
    (``synth.wide_phantom_roi``: C1, the skull base or C5–C6 in view, scale ±20 %), the rest ROI
    phantoms (``synth.render_phantom``);
-2. fine-tunes the shipped ``unet_heatmap`` (``--unet-init``) on them plus LC (1)/LC (11) ×``--real-repeat``
+2. fine-tunes the shipped ``unet_heatmap`` (``--unet-init``, lr 3e-4 with a one-epoch per-batch warm-up
+   and a cosine within the time limit: a fresh Adam at full rate visibly disturbs a trained model in
+   its first steps) on them plus LC (1)/LC (11) ×``--real-repeat``
    with the ``realistic`` augmentation profile (scale ±35 %, rotation ±15°, shifts, clinic
    appearance), validation on 200 held-out ROI phantoms; at most ``--unet-seconds``;
 3. trains ``--inception-arch`` (default ``inception_integral``: InceptionResNetV2 + soft-argmax head,
    NOT the study's head; or ``inception_gap`` with ``--inception-loss wing|smooth_l1``) the same way
    with a warm-up + cosine schedule that anneals within ``--inception-seconds``;
-4. packs the InceptionResNetV2 as int8 shards, writes both model folders under ``--out``
+4. gives the fine-tuned U-Net the decoder settings of the model it started from (the shipped one
+   decodes with the shape prior; a training run's codec has it off, and argmax decoding alone
+   swaps vertebrae on real images), packs the InceptionResNetV2 as int8 shards, writes both model folders under ``--out``
    (``unet_heatmap/``, ``inception_resnet_v2/``; the float 220-MB InceptionResNetV2 stays in ``--work``)
    with ``training.provenance`` (script, arguments, backend, devices, seconds) in their manifests;
 5. scores both: 200 held-out phantoms (seed 999) and the two public images (as
@@ -172,7 +176,9 @@ def main(argv=None) -> int:
     p.add_argument("--real-repeat", type=int, default=150)
     p.add_argument("--unet-init", default=str(REPO / "models" / "unet_heatmap"),
                    help="model folder the U-Net starts from ('' = from scratch)")
-    p.add_argument("--unet-lr", type=float, default=5e-4)
+    p.add_argument("--unet-lr", type=float, default=3e-4)
+    p.add_argument("--unet-profile", default="realistic", choices=["realistic", "standard"],
+                   help="augmentation profile of the U-Net run (standard: the shipped model's)")
     p.add_argument("--unet-seconds", type=float, default=170)
     p.add_argument("--inception-arch", default="inception_integral", choices=["inception_integral", "inception_gap"])
     p.add_argument("--inception-loss", default=None, choices=["wing", "smooth_l1", "mse"])
@@ -217,7 +223,7 @@ def main(argv=None) -> int:
                   images=[str(labels.parent / "images"), str(samples / "roi")],
                   repeat_csv=[1, args.real_repeat], val_phantoms=args.val_phantoms, seed=0,
                   workers=args.workers, batch_size=args.batch_size, early_stopping_patience=30,
-                  reduce_lr_patience=6, mixed_precision="off", augment_profile="realistic", epochs=args.epochs)
+                  reduce_lr_patience=6, mixed_precision="off", epochs=args.epochs)
     provenance = {"script": "scripts/train_robust_models.py", "argv": sys.argv[1:] if argv is None else list(argv),
                   "git_commit": _git_commit(), "backend": keras.backend.backend(), "devices": _devices(),
                   "host": platform.node(), "phantoms": args.phantoms, "wide_crops": n_wide, "render_s": render_s,
@@ -225,9 +231,14 @@ def main(argv=None) -> int:
     results = {"provenance": provenance}
     folders = {}
 
-    def finish(name: str, folder: Path, train_s: float, packed: bool) -> Path:
+    def finish(name: str, folder: Path, train_s: float, packed: bool, decode_like: str | None = None) -> Path:
         manifest = read_manifest(folder)
         target = out / name
+        if decode_like:  # decode like the model it was fine-tuned from (e.g. the shape-prior heatmap decoder)
+            init_codec = read_manifest(Path(decode_like))["codec"]
+            if init_codec.get("kind") == manifest["codec"].get("kind") and \
+                    list(init_codec.get("input_size", [])) == list(manifest["codec"].get("input_size", [])):
+                manifest["codec"] = {**manifest["codec"], **init_codec}
         if packed:
             model = keras.saving.load_model(folder / "model.keras", compile=False)
             packed_files = pack_weights(model, target)
@@ -255,17 +266,20 @@ def main(argv=None) -> int:
 
     if "unet" not in args.skip:
         cfg = TrainConfig(model="unet_heatmap", preset="improved", lr=args.unet_lr, time_limit_s=args.unet_seconds,
-                          init_from=args.unet_init or None, name="unet_heatmap", **common)
+                          init_from=args.unet_init or None, name="unet_heatmap", augment_profile=args.unet_profile,
+                          lr_schedule="warmup_cosine", warmup_epochs=1, **common)
         t = time.time()
         folder = train(cfg, work / "run_unet_heatmap")
-        folders["unet_heatmap"] = finish("unet_heatmap", folder, time.time() - t, packed=False)
+        folders["unet_heatmap"] = finish("unet_heatmap", folder, time.time() - t, packed=False,
+                                         decode_like=args.unet_init or None)
         print("unet_heatmap trained", read_manifest(folder)["metrics"], flush=True)
     if "inception" not in args.skip:
         h, w = args.inception_size
         pre = {"input_size": [h, w], "resize_first": False, "channels": 3, "scaling": "symmetric"}
         cfg = TrainConfig(model=args.inception_arch, preset="improved", lr=args.inception_lr,
                           time_limit_s=args.inception_seconds, name="inception_resnet_v2", loss=args.inception_loss,
-                          lr_schedule="warmup_cosine", warmup_epochs=2, preprocess=pre, **common)
+                          lr_schedule="warmup_cosine", warmup_epochs=2, preprocess=pre, augment_profile="realistic",
+                          **common)
         t = time.time()
         folder = train(cfg, work / "run_inception_resnet_v2")
         assert get_arch(cfg.model).packed_weights  # too big for git: ships as int8 shards

@@ -204,3 +204,25 @@ def test_inception_integral_builds_and_trains_two_steps(tmp_path):
     from cvs_core.predict import Predictor
     pred = Predictor(folder, warmup=False).predict(render_phantom(1, stage=2).image)
     assert pred.landmarks.shape == (19, 2) and np.isfinite(pred.landmarks).all()
+
+
+def test_warmup_is_per_batch_then_cosine():
+    import keras
+    from cvs_core.train import WarmupCosine
+    cfg = TrainConfig(model="inception_gap", phantoms=2, lr=1e-3, epochs=10, warmup_epochs=1,
+                      lr_schedule="warmup_cosine")
+    cb = WarmupCosine(cfg)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    cb.set_model(model)
+    cb.set_params({"steps": 4})
+    seen = []
+    cb.on_epoch_begin(0)
+    for b in range(4):
+        cb.on_train_batch_begin(b)
+        seen.append(float(np.asarray(model.optimizer.learning_rate)))
+    assert seen == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    cb.on_epoch_begin(5)
+    mid = float(np.asarray(model.optimizer.learning_rate))
+    cb.on_train_batch_begin(0)  # after the warm-up, batches leave it alone
+    assert float(np.asarray(model.optimizer.learning_rate)) == mid and 1e-5 < mid < 1e-3
