@@ -98,6 +98,23 @@ def regression_loss():
     return "mse", ["mae"]
 
 
+def wing_regression_loss():
+    """Wing loss on normalised coordinates (``networks.wing_loss``), MAE metric."""
+    from cvs_core.networks import wing_loss
+    return wing_loss, ["mae"]
+
+
+def smooth_l1_regression_loss():
+    """Smooth-L1 on normalised coordinates (``networks.smooth_l1_loss``), MAE metric."""
+    from cvs_core.networks import smooth_l1_loss
+    return smooth_l1_loss, ["mae"]
+
+
+#: Loss choices a training run may pick instead of its architecture's (``TrainConfig.loss``).
+LOSSES: dict[str, Callable] = {"mse": regression_loss, "wing": wing_regression_loss,
+                               "smooth_l1": smooth_l1_regression_loss}
+
+
 # --- the table ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -186,6 +203,14 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         presets=_presets(_INCEPTION_SEED, _INCEPTION_IMPROVED, inception_seed_config(),
                          improved_inception_preprocess(), "improved"),
         help="InceptionResNetV2 + global pooling, normalised coordinates (improved)",
+        pretrained_backbone=True, packed_weights=True),
+    "inception_integral": ArchSpec(
+        name="inception_integral", family="inception", builder="cvs_core.networks:build_inception_integral",
+        codec=normalised_regression_codec, loss=wing_regression_loss,
+        presets=_presets(_INCEPTION_SEED, {**_INCEPTION_IMPROVED, "lr_schedule": "warmup_cosine"},
+                         inception_seed_config(), improved_inception_preprocess(), "improved"),
+        help="NOT the study's head: InceptionResNetV2 + soft-argmax (integral) heatmap head at stride 8, "
+             "normalised coordinates, wing loss",
         pretrained_backbone=True, packed_weights=True),
 }
 

@@ -38,8 +38,62 @@ def weighted_heatmap_mse(y_true, y_pred):
     return ops.mean(ops.square(p - t) * (1.0 + 20.0 * t))
 
 
+WING_W, WING_EPS = 0.04, 0.008     # wing loss on normalised coordinates (0.04 ≈ 15 px of a 384-px input)
+SMOOTH_L1_DELTA = 0.01
+
+
+@keras.saving.register_keras_serializable(package="cvs")
+def wing_loss(y_true, y_pred):
+    """Wing loss (Feng et al. 2018) on normalised coordinates: ``w·ln(1 + |d|/ε)`` for ``|d| < w``,
+    else ``|d| − C`` with ``C = w − w·ln(1 + w/ε)``; ``w = 0.04``, ``ε = 0.008`` (input fractions).
+    Strong gradients for small errors where MSE has almost none; mean over the 38 numbers."""
+    d = ops.abs(ops.cast(y_pred, "float32") - ops.cast(y_true, "float32"))
+    c = WING_W - WING_W * float(__import__("math").log(1.0 + WING_W / WING_EPS))
+    return ops.mean(ops.where(d < WING_W, WING_W * ops.log(1.0 + d / WING_EPS), d - c))
+
+
+@keras.saving.register_keras_serializable(package="cvs")
+def smooth_l1_loss(y_true, y_pred):
+    """Smooth-L1 (Huber, δ = 0.01 of the input) on normalised coordinates, mean over the 38 numbers."""
+    d = ops.abs(ops.cast(y_pred, "float32") - ops.cast(y_true, "float32"))
+    return ops.mean(ops.where(d < SMOOTH_L1_DELTA, 0.5 * d * d / SMOOTH_L1_DELTA, d - 0.5 * SMOOTH_L1_DELTA))
+
+
+@keras.saving.register_keras_serializable(package="cvs")
+class IntegralCoordinates(layers.Layer):
+    """Soft-argmax ("integral") read-out: logits ``(batch, gh, gw, 19)`` → softmax over each channel's
+    grid → expected cell centre → ``(batch, 38)`` as ``x1, y1, …, x19, y19`` normalised to 0..1
+    across the input, the RegressionCodec(normalize=True) target. Grid cell ``(i, j)`` is at
+    ``((j + 0.5)/gw, (i + 0.5)/gh)``, i.e. input pixel ``(j + 0.5)·stride − 0.5`` (pixel-centre
+    convention) when the grid is the input divided by ``stride``. ``beta`` scales the logits."""
+
+    def __init__(self, beta: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.beta = float(beta)
+
+    def call(self, logits):
+        shape = ops.shape(logits)
+        gh, gw, k = shape[1], shape[2], shape[3]
+        flat = ops.reshape(ops.cast(logits, "float32") * self.beta, (-1, gh * gw, k))
+        prob = ops.softmax(flat, axis=1)
+        cy = (ops.cast(ops.arange(gh), "float32") + 0.5) / ops.cast(gh, "float32")
+        cx = (ops.cast(ops.arange(gw), "float32") + 0.5) / ops.cast(gw, "float32")
+        gx = ops.reshape(ops.tile(cx[None, :], (gh, 1)), (1, -1, 1))
+        gy = ops.reshape(ops.tile(cy[:, None], (1, gw)), (1, -1, 1))
+        x = ops.sum(prob * gx, axis=1)
+        y = ops.sum(prob * gy, axis=1)
+        return ops.reshape(ops.stack([x, y], axis=-1), (-1, 2 * k))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 2 * input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "beta": self.beta}
+
+
 CUSTOM_OBJECTS = {"dice_coef": dice_coef, "dice_loss": dice_loss,
-                  "weighted_heatmap_mse": weighted_heatmap_mse}
+                  "weighted_heatmap_mse": weighted_heatmap_mse, "wing_loss": wing_loss,
+                  "smooth_l1_loss": smooth_l1_loss, "IntegralCoordinates": IntegralCoordinates}
 
 
 # --- U-Nets ---------------------------------------------------------------------------------
@@ -158,6 +212,41 @@ def build_inception_gap(input_size=(384, 160), imagenet: bool | None = None,
     return model
 
 
+def build_inception_integral(input_size=(384, 160), imagenet: bool | None = None, stride: int = 8,
+                             head_filters: int = 192, trainable_backbone: bool = True) -> keras.Model:
+    """NOT the study's model: InceptionResNetV2 with a soft-argmax (integral) heatmap head.
+
+    The backbone's stride-16 features (``block17_20_ac``) and its last features (``conv_7b_ac``) are
+    reduced by 1×1 convolutions, resized bilinearly to the grid ``input / stride`` (48×20 at 384×160,
+    stride 8), concatenated, passed through two 3×3 convolutions and a 1×1 convolution to 19 logit
+    maps; :class:`IntegralCoordinates` turns them into 38 normalised coordinates (0..1 across the
+    input, like ``inception_gap``). Inputs ``(batch, h, w, 3)`` in [−1, 1]."""
+    h, w = int(input_size[0]), int(input_size[1])
+    if h % stride or w % stride:
+        raise ValueError(f"input_size {input_size} must be a multiple of stride {stride}")
+    backbone = _backbone((h, w, 3), imagenet)
+    backbone.trainable = trainable_backbone
+    features = keras.Model(backbone.input, [backbone.get_layer("block17_20_ac").output,
+                                            backbone.get_layer("conv_7b_ac").output], name="backbone")
+    grid = (h // stride, w // stride)
+    inputs = keras.Input((h, w, 3), name="image")
+    mid, deep = features(inputs)
+    mid = layers.Conv2D(head_filters, 1, activation="relu", name="reduce_mid")(mid)
+    deep = layers.Conv2D(head_filters, 1, activation="relu", name="reduce_deep")(deep)
+    mid = layers.Resizing(*grid, interpolation="bilinear", name="grid_mid")(mid)
+    deep = layers.Resizing(*grid, interpolation="bilinear", name="grid_deep")(deep)
+    x = layers.Concatenate(name="fuse")([mid, deep])
+    for i in range(2):
+        x = layers.Conv2D(head_filters, 3, padding="same", use_bias=False, name=f"head_conv{i + 1}")(x)
+        x = layers.BatchNormalization(name=f"head_bn{i + 1}")(x)
+        x = layers.Activation("relu", name=f"head_relu{i + 1}")(x)
+    logits = layers.Conv2D(N_LANDMARKS, 1, name="logits", dtype="float32")(x)
+    outputs = IntegralCoordinates(name="coords")(logits)
+    model = keras.Model(inputs, outputs, name="inception_integral")
+    model.imagenet_loaded = backbone.imagenet_loaded
+    return model
+
+
 # The builders of the shipped architectures; ``cvs_core.architectures.ARCHITECTURES`` is the table
 # the rest of the code reads (it names these functions).
 BUILDERS = {
@@ -165,6 +254,7 @@ BUILDERS = {
     "unet_heatmap": build_unet_heatmap,
     "inception_seed": build_inception_seed,
     "inception_gap": build_inception_gap,
+    "inception_integral": build_inception_integral,
 }
 
 

@@ -40,6 +40,9 @@ __all__ = [
     "render_phantom",
     "generate_phantoms",
     "write_phantom_dataset",
+    "WidePhantom",
+    "render_wide_phantom",
+    "wide_phantom_roi",
     "STAGE_PARAMETER_RANGES",
     "MEAN_SHAPE",
     "SHAPE_MODES",
@@ -266,9 +269,10 @@ def _line(canvas: np.ndarray, pts: np.ndarray, value: int, thickness: int, close
     cv2.polylines(canvas, [_ipts(pts)], closed, value, thickness, cv2.LINE_AA, _SHIFT)
 
 
-def _levels(geo: dict, rng: np.random.Generator) -> list[dict]:
+def _levels(geo: dict, rng: np.random.Generator, n_below: int = 2) -> list[dict]:
     """C3–C6 bodies in image px with their frames; C5 and C6 (not landmarked) are stacked below
-    C4, shaped like it, with the same disc offset and a continuing curvature."""
+    C4, shaped like it, with the same disc offset and a continuing curvature (``n_below`` bodies
+    below C4: 2 for the ROI, 3 (down to C7) for a wide phantom)."""
     lm = geo["landmarks"]
     out = []
     for name, base in (("C3", 3), ("C4", 11)):
@@ -282,7 +286,7 @@ def _levels(geo: dict, rng: np.random.Generator) -> list[dict]:
     angle = np.arctan2(c4["f1"][1], c4["f1"][0])
     prev_local = geo["bodies"]["C4"]
     ip = lm[16]
-    for _ in range(2):
+    for _ in range(n_below):
         angle += turn * rng.uniform(0.3, 1.0) + np.deg2rad(rng.uniform(-2, 2))
         g1 = np.array([np.cos(angle), np.sin(angle)])
         g2 = np.array([g1[1], -g1[0]])
@@ -364,14 +368,21 @@ def _sig(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -30.0, 30.0)))
 
 
-def _render(geo: dict, rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+def _render(geo: dict, rng: np.random.Generator, size: tuple[int, int], offset=(0.0, 0.0),
+            n_below: int = 2, wide: bool = False) -> np.ndarray:
+    """Render ``geo`` on a ``size = (H, W)`` canvas. ``offset = (ox, oy)``: where the ROI's origin
+    sits on the canvas (the landmarks in ``geo`` already include it); structures placed at fixed ROI
+    positions (ear rod, mandible, C1 arch end, skull-base range) move with it. The defaults render
+    the study ROI exactly as before; ``wide=True`` adds the wide-context anatomy (anterior arch of
+    C1 as a ring, mandibular body and hyoid, the back of the neck, shoulder shadow)."""
     H, W = size
+    ox, oy = float(offset[0]), float(offset[1])
     lm = geo["landmarks"]
     ys = np.arange(H, dtype=np.float32)[:, None]
     xs = np.arange(W, dtype=np.float32)[None, :]
 
     # --- geometry ------------------------------------------------------------------------------
-    levels = _levels(geo, rng)
+    levels = _levels(geo, rng, n_below)
     c2_poly, c2_info = _c2_outline(geo, rng)
     ant = np.concatenate([lm[[2]], [lv["pts"][4] for lv in levels]])
     post = np.concatenate([lm[[0]], [lv["pts"][3] for lv in levels]])
@@ -380,7 +391,7 @@ def _render(geo: dict, rng: np.random.Generator, size: tuple[int, int]) -> np.nd
     x_ant = (ka * ys + ba).astype(np.float32)   # (H, 1) anterior column line
     x_post = (kp * ys + bp).astype(np.float32)
     tip = c2_info["tip"]
-    yb = float(np.clip(tip[1] + rng.uniform(-10.0, 30.0), 150.0, 320.0))  # skull base bottom
+    yb = float(np.clip(tip[1] + rng.uniform(-10.0, 30.0), 150.0 + oy, 320.0 + oy))  # skull base bottom
 
     # --- soft tissue ---------------------------------------------------------------------------
     far = rng.uniform(0.05, 0.13)
@@ -440,14 +451,14 @@ def _render(geo: dict, rng: np.random.Generator, size: tuple[int, int]) -> np.nd
     # --- top of the ROI: skull base, C1, mandible, ear rod -------------------------------------
     # skull base: bright mass over the top, bounded below (occiput) and in front by a diagonal
     xr = tip[0] + rng.uniform(5, 35)
-    y_right = rng.uniform(20, 120)
+    y_right = rng.uniform(20, 120) + oy
     xb = np.linspace(-20, xr, 7)
     yb_curve = yb + rng.uniform(-15, 15, xb.size)
     yb_curve[:3] -= rng.uniform(-10, 45)
     skull_pts = np.concatenate([[[-20, -20], [W + 20, -20], [W + 20, y_right]], np.stack([xb, yb_curve], 1)[::-1]])
     c1_centre = tip + np.array([rng.uniform(-20, 0), rng.uniform(5, 25)])
     c1_axes = np.array([rng.uniform(35, 50), rng.uniform(22, 34)])
-    rod_c = np.array([rng.uniform(130, 160), rng.uniform(115, 150)])
+    rod_c = np.array([rng.uniform(130, 160) + ox, rng.uniform(115, 150) + oy])
 
     def draw_skull(canvas, s):
         _poly(canvas, skull_pts * s, 200)
@@ -478,7 +489,7 @@ def _render(geo: dict, rng: np.random.Generator, size: tuple[int, int]) -> np.nd
     cv2.ellipse(marks, c1a, c1ax, 0, 0, 360, 255, 2, cv2.LINE_AA, _SHIFT)
     px = float(lm[0, 0] - 0.4 * L2)  # C1 posterior arch: a hooked bar below the skull base
     ay = yb + rng.uniform(20, 45)
-    x_end = rng.uniform(15, 35)
+    x_end = rng.uniform(15, 35) + ox
     tt = np.linspace(0.0, 1.0, 12)[:, None]
     arch = np.concatenate([px + (x_end - px) * tt, ay - rng.uniform(0, 25) * tt ** 2 + 6 * np.sin(np.pi * tt)], 1)
     thick = int(rng.uniform(12, 20))
@@ -488,18 +499,19 @@ def _render(geo: dict, rng: np.random.Generator, size: tuple[int, int]) -> np.nd
                cv2.LINE_AA, _SHIFT)
     dens += cv2.GaussianBlur(marks, (0, 0), 1.0).astype(np.float32) * (rng.uniform(0.14, 0.22) / 255.0)
     for cy, ry in ((yb + rng.uniform(0, 12), rng.uniform(14, 22)), (ay + rng.uniform(28, 40), rng.uniform(12, 20))):
-        gx = (xs - rng.uniform(45, 75)) / rng.uniform(30, 50)
+        gx = (xs - rng.uniform(45, 75) - ox) / rng.uniform(30, 50)
         gy = (ys - cy) / ry
         dens -= rng.uniform(0.08, 0.16) * np.exp(-(gx * gx + gy * gy))  # suboccipital dark gaps
     cells = np.zeros(size, np.uint8)
     for _ in range(int(rng.integers(6, 16))):  # mastoid air cells
-        c = (int(rng.uniform(15, 120) * _ONE), int(rng.uniform(10, max(yb - 60, 40)) * _ONE))
+        c = (int((rng.uniform(15, 120) + ox) * _ONE), int(rng.uniform(10 + oy, max(yb - 60, 40 + oy)) * _ONE))
         cv2.circle(cells, c, int(rng.uniform(3, 7) * _ONE), 255, -1, cv2.LINE_AA, _SHIFT)
     dens -= cv2.GaussianBlur(cells, (0, 0), 1.5).astype(np.float32) * (rng.uniform(0.03, 0.07) / 255.0)
+    edge = yy = None
     if rng.random() < 0.8:  # mandibular ramus / angle in the upper right
         mand = np.zeros(size, np.uint8)
-        x0 = rng.uniform(190, 245)
-        yy = np.linspace(-10, rng.uniform(150, 330), 8)
+        x0 = rng.uniform(190, 245) + ox
+        yy = np.linspace(-10 + oy, rng.uniform(150, 330) + oy, 8)
         xx = x0 + rng.uniform(-30, 30) * ((yy - yy[0]) / (yy[-1] - yy[0])) ** 2 + rng.uniform(-3, 3, 8)
         edge = np.stack([xx, yy], 1)
         _poly(mand, np.concatenate([[[W + 20, -10]], edge, [[W + 20, yy[-1] + 30]]]), 150)
@@ -511,6 +523,38 @@ def _render(geo: dict, rng: np.random.Generator, size: tuple[int, int]) -> np.nd
     dens += rod.astype(np.float32) * (0.9 / 255.0)
     if rng.random() < 0.95:  # bright edge of the cassette/collimator on the far left
         dens += 1.0 * _sig((rng.uniform(8.0, 16.0) - xs) / rng.uniform(1.0, 2.5))
+
+    if wide:  # anatomy outside the study ROI (wide phantoms only; the ROI path draws none of it)
+        extra = np.zeros(size, np.uint8)
+        if edge is not None:  # mandibular body forward from the angle, teeth above it
+            angle_pt = edge[-1]
+            thick = rng.uniform(90, 140)
+            drop = rng.uniform(-0.25, 0.05)
+            front_x = W + 20.0
+            lower = np.array([angle_pt, [front_x, angle_pt[1] + drop * (front_x - angle_pt[0])]])
+            body_m = np.concatenate([lower, lower[::-1] - np.array([0.0, thick])])
+            _poly(extra, body_m, 200)
+            _line(extra, lower, 255, 4, False)
+            for _ in range(int(rng.integers(5, 10))):  # molars / premolars: bright blocks on the body
+                tx = float(rng.uniform(angle_pt[0] + 40, front_x))
+                ty = float(np.interp(tx, lower[:, 0], lower[:, 1])) - thick - rng.uniform(-10, 40)
+                cv2.ellipse(extra, (int(tx * _ONE), int(ty * _ONE)),
+                            (int(rng.uniform(14, 24) * _ONE), int(rng.uniform(22, 40) * _ONE)),
+                            rng.uniform(-15, 15), 0, 360, 255, -1, cv2.LINE_AA, _SHIFT)
+        y3 = float(lm[5, 1])  # hyoid: a small bright bar in front of C3 below the mandible
+        hx = float(ka * y3 + ba) + gap + width + rng.uniform(15, 45)
+        hy = y3 + rng.uniform(10, 60)
+        cv2.ellipse(extra, (int(hx * _ONE), int(hy * _ONE)), (int(rng.uniform(14, 24) * _ONE), int(rng.uniform(4, 7) * _ONE)),
+                    rng.uniform(-25, 5), 0, 360, 230, -1, cv2.LINE_AA, _SHIFT)
+        dens += cv2.GaussianBlur(extra, (0, 0), 1.2).astype(np.float32) * (rng.uniform(0.22, 0.35) / 255.0)
+        below_skull = _sig((ys - yb - 20.0) / 10.0)
+        x_skin_back = x_post - rng.uniform(140.0, 220.0)  # back of the neck, air behind it
+        dens -= (far + 0.02) * _sig((x_skin_back - xs) / 4.0) * below_skull
+        x_skin_front = x_ant + gap + width + rng.uniform(110.0, 200.0)  # front of the neck
+        chin_y = float(yy[-1]) + 40.0 if yy is not None else yb + 150.0
+        dens -= (near + 0.05) * _sig((xs - x_skin_front) / 4.0) * _sig((ys - chin_y) / 10.0)
+        y_sh = float(levels[-1]["pts"][5, 1]) + rng.uniform(-40.0, 40.0)  # shoulder shadow, low
+        dens += rng.uniform(0.15, 0.30) * _sig((ys - y_sh) / 30.0) * _sig((x_ant + 40.0 - xs) / 60.0)
 
     # --- imaging chain -------------------------------------------------------------------------
     dens = cv2.GaussianBlur(dens, (0, 0), rng.uniform(0.7, 1.4))
@@ -585,3 +629,105 @@ def write_phantom_dataset(out_dir: Path, n: int, seed: int, progress: bool = Fal
     csv_path = out_dir / "labels.csv"
     csv_path.write_text("\n".join(lines) + "\n", encoding="utf-8", newline="\n")
     return csv_path
+
+
+# --------------------------------------------------------------------------------------------
+# Wide phantoms: the neck around the study ROI, at varied scale (docs/architecture.md#phantoms)
+# --------------------------------------------------------------------------------------------
+NOMINAL_ROI_SPACING_MM = 0.25  # mm per study-ROI pixel (docs/architecture.md#frames-and-conventions)
+
+
+@dataclass
+class WidePhantom:
+    """A phantom with the neck around the study ROI, at a chosen pixel spacing.
+
+    image: ``(H, W)`` uint8; landmarks: ``(19, 2)`` float64 ``(x, y)`` in that image (pixel-centre
+    convention); roi_box: ``(x0, y0, x1, y1)`` pixel-edge box of the study's 250×600 ROI in the image
+    (where the models expect C2–C4: what an ROI finder must return); landmark_box: the tight
+    ``(x0, y0, x1, y1)`` box of the 19 landmarks; spacing_mm: mm per image pixel (the ROI is rendered
+    at the nominal 0.25 mm/px and scaled); stage and seed as :class:`Phantom`."""
+
+    image: np.ndarray
+    landmarks: np.ndarray
+    roi_box: tuple[float, float, float, float]
+    landmark_box: tuple[float, float, float, float]
+    spacing_mm: float
+    stage: int
+    seed: int
+
+
+def render_wide_phantom(seed: int, stage: int | None = None, spacing_mm: float | None = None,
+                        margins: tuple[int, int, int, int] | None = None) -> WidePhantom:
+    """Render a phantom with wide context: skull base, C1 (anterior arch and posterior arch), C2 with
+    the dens, C2–C7 bodies, mandible, hyoid, airway and the neck's skin lines, around the study ROI.
+
+    Deterministic for ``(seed, stage, spacing_mm, margins)``. ``stage=None`` draws 1..6 from the seed.
+    ``spacing_mm``: mm per output pixel (``None``: drawn from 0.17–0.38 mm/px, i.e. the ROI scaled by
+    0.65–1.5). ``margins = (left, top, right, bottom)``: ROI-px of context around the 250×600 ROI
+    (``None``: drawn; top 120–300 for the skull, bottom 120–260 for C5–C7).
+
+    The ROI part is laid out like :func:`render_phantom`'s (same landmark sampler), so the models'
+    expectations hold inside ``roi_box``; rendering is at 0.25 mm/px, then resized (area/cubic)."""
+    rng = np.random.default_rng([int(seed), 8])
+    if stage is None:
+        stage = int(rng.integers(1, 7))
+    if margins is None:
+        margins = (int(rng.integers(60, 220)), int(rng.integers(120, 300)), int(rng.integers(120, 320)),
+                   int(rng.integers(120, 260)))
+    left, top, right, bottom = (int(v) for v in margins)
+    if min(margins) < 0:
+        raise ValueError(f"margins must be ≥ 0, got {margins}")
+    geo = _sample_geometry(rng, int(stage))
+    off = np.array([left, top], np.float64)
+    geo["landmarks"] = geo["landmarks"] + off
+    geo["frames"] = {k: (v[0] + off, *v[1:]) for k, v in geo["frames"].items()}
+    size = (IMAGE_SIZE[0] + top + bottom, IMAGE_SIZE[1] + left + right)
+    image = _render(geo, rng, size, offset=(left, top), n_below=3, wide=True)
+    if spacing_mm is None:
+        spacing_mm = NOMINAL_ROI_SPACING_MM / float(rng.uniform(0.65, 1.5))
+    if not spacing_mm > 0:
+        raise ValueError(f"spacing_mm must be > 0, got {spacing_mm}")
+    scale = NOMINAL_ROI_SPACING_MM / float(spacing_mm)
+    H, W = size
+    out_w, out_h = max(1, int(round(W * scale))), max(1, int(round(H * scale)))
+    sx, sy = out_w / W, out_h / H  # the exact factors of the resize
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    image = cv2.resize(image, (out_w, out_h), interpolation=interp)
+    if scale > 1:  # detector noise at the output resolution, not magnified blobs
+        image = np.clip(image.astype(np.float32) + rng.standard_normal(image.shape, dtype=np.float32)
+                        * rng.uniform(1.0, 3.0) + 0.5, 0, 255).astype(np.uint8)
+    pts = (geo["landmarks"] + 0.5) * np.array([sx, sy]) - 0.5
+    roi_box = (left * sx, top * sy, (left + IMAGE_SIZE[1]) * sx, (top + IMAGE_SIZE[0]) * sy)
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    return WidePhantom(image=image, landmarks=pts, roi_box=tuple(float(v) for v in roi_box),
+                       landmark_box=(float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])),
+                       spacing_mm=float(NOMINAL_ROI_SPACING_MM / np.sqrt(sx * sy)), stage=int(stage),
+                       seed=int(seed))
+
+
+def roi_crop_affine(box, out_size: tuple[int, int] = IMAGE_SIZE) -> np.ndarray:
+    """2×3 affine from image px to a ``(height, width)`` crop of the pixel-edge box ``(x0, y0, x1, y1)``
+    (pixel-centre convention: ``u = (x + 0.5 − x0)·w/(x1 − x0) − 0.5``)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    h, w = out_size
+    ax, ay = w / (x1 - x0), h / (y1 - y0)
+    return np.array([[ax, 0.0, (0.5 - x0) * ax - 0.5], [0.0, ay, (0.5 - y0) * ay - 0.5]])
+
+
+def wide_phantom_roi(seed: int, stage: int | None = None, scale_range: float = 0.35,
+                     shift_frac: tuple[float, float] = (0.15, 0.2)) -> Phantom:
+    """A study-frame ROI ``(600, 250)`` cut from a :func:`render_wide_phantom` with a jittered box:
+    the box's size varies by ±``scale_range`` (so the vertebrae appear 0.74–1.54× their usual size)
+    and its centre by ±``shift_frac`` of its (width, height), exposing C1 and the skull base or C5–C6
+    instead of reflected borders. Landmarks ``(19, 2)`` follow the same affine exactly."""
+    rng = np.random.default_rng([int(seed), 9])
+    wp = render_wide_phantom(seed, stage=stage)
+    x0, y0, x1, y1 = wp.roi_box
+    s = 1.0 + float(rng.uniform(-scale_range, scale_range))
+    cx = 0.5 * (x0 + x1) + float(rng.uniform(-1, 1)) * shift_frac[0] * (x1 - x0)
+    cy = 0.5 * (y0 + y1) + float(rng.uniform(-1, 1)) * shift_frac[1] * (y1 - y0)
+    hw, hh = 0.5 * s * (x1 - x0), 0.5 * s * (y1 - y0)
+    m = roi_crop_affine((cx - hw, cy - hh, cx + hw, cy + hh))
+    roi = cv2.warpAffine(wp.image, m, (IMAGE_SIZE[1], IMAGE_SIZE[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    pts = wp.landmarks @ m[:, :2].T + m[:, 2]
+    return Phantom(image=roi, landmarks=pts, stage=wp.stage, seed=int(seed))

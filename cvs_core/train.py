@@ -66,6 +66,11 @@ class TrainConfig:
     time_limit_s: float | None = None  # stop (keeping the best checkpoint) after this long
     workers: int = 1                  # threads preparing batches
     init_from: str | None = None      # model folder (or name) whose weights start this run (fine-tuning)
+    augment_profile: str = "standard"  # standard (the fields above) | realistic (augment_realistic)
+    wide_phantoms: float = 0.0        # share of the rendered training phantoms cut from wide phantoms
+    loss: str | None = None           # None: the architecture's; or a key of architectures.LOSSES (mse, wing, smooth_l1)
+    lr_schedule: str | None = None    # None/"plateau": halve on plateau (today's); "warmup_cosine"
+    warmup_epochs: int = 2            # linear warm-up epochs of "warmup_cosine"
     name: str | None = None
 
     def __post_init__(self):
@@ -75,6 +80,12 @@ class TrainConfig:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {PRESETS}")
         if self.distribute not in ("none", "mirrored", "multiworker"):
             raise ValueError(f"distribute must be none, mirrored or multiworker, got {self.distribute!r}")
+        if self.augment_profile not in AUGMENT_PROFILES:
+            raise ValueError(f"augment_profile must be one of {AUGMENT_PROFILES}, got {self.augment_profile!r}")
+        if not 0.0 <= self.wide_phantoms <= 1.0:
+            raise ValueError(f"wide_phantoms is a share of the phantoms, 0..1; got {self.wide_phantoms}")
+        if self.loss is not None and self.loss not in architectures.LOSSES:
+            raise ValueError(f"loss must be one of {sorted(architectures.LOSSES)} (or unset), got {self.loss!r}")
         if self.csv is None and self.phantoms <= 0:
             raise ValueError("no training data: give a CSV (+ image folder) or phantoms > 0")
         if self.csv is not None and self.images is None:
@@ -85,6 +96,8 @@ class TrainConfig:
         for key, value in defaults.items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
+        if self.lr_schedule not in (None, "plateau", "warmup_cosine"):
+            raise ValueError(f"lr_schedule must be plateau or warmup_cosine, got {self.lr_schedule!r}")
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError("epochs and batch size must be ≥ 1 and lr > 0")
 
@@ -137,8 +150,72 @@ def builder_kwargs(config: TrainConfig) -> dict:
 
 
 def loss_for(config: TrainConfig):
-    """``(loss, metrics)`` for ``model.compile``, from the architecture's entry."""
+    """``(loss, metrics)`` for ``model.compile``: the run's ``loss`` choice when set, else the
+    architecture's entry."""
+    if getattr(config, "loss", None):
+        return architectures.LOSSES[config.loss]()
     return get_arch(config.model).loss()
+
+
+def warmup_cosine_lr(epoch: int, base_lr: float, epochs: int, warmup_epochs: int, floor: float = 0.01) -> float:
+    """Learning rate of epoch ``epoch`` (0-based): linear warm-up from ``base_lr/warmup`` to ``base_lr``
+    over ``warmup_epochs``, then cosine decay to ``floor·base_lr`` at the last epoch."""
+    if warmup_epochs > 0 and epoch < warmup_epochs:
+        return base_lr * (epoch + 1) / warmup_epochs
+    span = max(1, epochs - warmup_epochs - 1)
+    t = min(1.0, (epoch - warmup_epochs) / span)
+    return base_lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _warmup_cosine_class():
+    import keras
+
+    class WarmupCosine(keras.callbacks.Callback):
+        """Sets the learning rate by :func:`warmup_cosine_lr`: during the warm-up epochs per batch
+        (linear from ~0, so a fresh Adam does not take full-size steps on a fine-tuned model), then at
+        each epoch start. With a ``time_limit_s`` the cosine runs over whichever ends first, the
+        epochs or the time (the progress is the larger of the two fractions), so a time-boxed run
+        still anneals."""
+
+        def __init__(self, config):
+            super().__init__()
+            self.config = config
+            self.t0 = time.time()
+            self.epoch = 0
+
+        def on_train_batch_begin(self, batch, logs=None):
+            c = self.config
+            steps = (self.params or {}).get("steps") or c.steps_per_epoch
+            if self.epoch < c.warmup_epochs and steps:
+                done = self.epoch * steps + batch + 1
+                self.model.optimizer.learning_rate = c.lr * min(1.0, done / (c.warmup_epochs * steps))
+
+        def on_epoch_begin(self, epoch, logs=None):
+            c = self.config
+            self.epoch = epoch
+            progress = epoch / max(1, c.epochs - 1)
+            if c.time_limit_s:
+                progress = max(progress, (time.time() - self.t0) / c.time_limit_s)
+            virtual = c.warmup_epochs + progress * max(1, c.epochs - c.warmup_epochs - 1)
+            e = epoch if epoch < c.warmup_epochs else max(virtual, c.warmup_epochs)
+            self.model.optimizer.learning_rate = warmup_cosine_lr(e, c.lr, c.epochs, c.warmup_epochs)
+
+    return WarmupCosine
+
+
+def WarmupCosine(config):  # noqa: N802 (a class made on first use, so keras is imported lazily)
+    """The warm-up + cosine learning-rate callback for ``config`` (see :func:`warmup_cosine_lr`)."""
+    return _warmup_cosine_class()(config)
+
+
+def schedule_callbacks(config: TrainConfig, monitor_key: str) -> list:
+    """The learning-rate callbacks of a run: ReduceLROnPlateau (today's default) or a warm-up +
+    cosine ``LearningRateScheduler`` (``lr_schedule="warmup_cosine"``)."""
+    import keras
+    if config.lr_schedule == "warmup_cosine":
+        return [WarmupCosine(config)]
+    return [keras.callbacks.ReduceLROnPlateau(monitor=monitor_key, mode="min", factor=0.5,
+                                              patience=config.reduce_lr_patience, min_lr=1e-6)]
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -152,6 +229,7 @@ class Sample:
     path: str | None = None
     phantom_seed: int | None = None
     phantom_stage: int | None = None
+    wide: bool = False  # phantom cut from a wide phantom with a jittered box (synth.wide_phantom_roi)
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         if self.path is not None:
@@ -160,7 +238,11 @@ class Sample:
                 from cvs_core.imaging import read_image
                 image = read_image(self.path).as_uint8()
             return image, self.landmarks
-        from cvs_core.synth import render_phantom
+        from cvs_core.synth import render_phantom, wide_phantom_roi
+        if self.wide:
+            # moderate box jitter: the realistic profile's affine comes on top of it
+            ph = wide_phantom_roi(self.phantom_seed, stage=self.phantom_stage, scale_range=0.2, shift_frac=(0.08, 0.1))
+            return ph.image, ph.landmarks
         ph = render_phantom(self.phantom_seed, stage=self.phantom_stage)
         return ph.image, ph.landmarks
 
@@ -187,6 +269,175 @@ def augment_sample(rng: np.random.Generator, image: np.ndarray, landmarks: np.nd
     x = (x - 0.5) * rng.uniform(0.8, 1.2) + 0.5 + rng.uniform(-0.06, 0.06)
     x += rng.normal(0, rng.uniform(0, 0.03), x.shape).astype(np.float32)
     return np.clip(x * 255 + 0.5, 0, 255).astype(np.uint8), pts
+
+
+AUGMENT_PROFILES = ("standard", "realistic")
+
+
+@dataclass(frozen=True)
+class RealisticAugment:
+    """Ranges of the ``realistic`` augmentation profile (issue 8: images from other clinics).
+
+    Geometry (one affine, landmarks follow it): rotation ±``rotation_deg``, scale 1 ± ``scale_range``,
+    shift ±``shift_frac`` of (width, height), so C1 or C5–C6 come into view and the vertebrae appear
+    at 0.65–1.35× their size. Appearance, each with its probability: clinic CLAHE, gamma, exposure,
+    blur, unsharp masking, noise with a realistic spectrum (signal-dependent white + correlated
+    low-frequency), burned-in text, rulers, collimator edges, cervical collars, JPEG compression."""
+
+    rotation_deg: float = 15.0
+    scale_range: float = 0.35
+    shift_frac: tuple[float, float] = (0.12, 0.18)
+    max_outside_px: float = 20.0   # redraw the affine when a landmark would land further outside
+    p_clahe: float = 0.35
+    p_blur: float = 0.5
+    p_unsharp: float = 0.25
+    p_text: float = 0.35
+    p_ruler: float = 0.25
+    p_collimator: float = 0.35
+    p_collar: float = 0.15
+    p_jpeg: float = 0.3
+
+
+REALISTIC = RealisticAugment()
+
+
+def realistic_affine(rng: np.random.Generator, shape_hw, landmarks: np.ndarray,
+                     params: RealisticAugment = REALISTIC) -> np.ndarray:
+    """2×3 affine of the realistic profile for an image ``(H, W)``: rotation and scale about the
+    centre, then a shift; redrawn (up to 20 times) while a landmark would fall more than
+    ``max_outside_px`` outside the image. ``landmarks`` ``(19, 2)`` may hold NaN (ignored)."""
+    h, w = shape_hw
+    pts = np.asarray(landmarks, np.float64)
+    m = None
+    for _ in range(20):
+        angle = rng.uniform(-params.rotation_deg, params.rotation_deg)
+        scale = 1.0 + rng.uniform(-params.scale_range, params.scale_range)
+        m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, scale)
+        m[:, 2] += rng.uniform(-1, 1, 2) * np.array(params.shift_frac) * np.array([w, h])
+        q = apply_affine(m, pts)
+        q = q[np.isfinite(q).all(axis=1)]
+        lim = params.max_outside_px
+        if q.size == 0 or ((q > -lim).all() and (q[:, 0] < w - 1 + lim).all() and (q[:, 1] < h - 1 + lim).all()):
+            break
+    return m
+
+
+def _spectral_noise(rng: np.random.Generator, shape_hw) -> np.ndarray:
+    """Zero-mean noise ``(H, W)`` float32 with a falling spectrum: white + blobs at 2, 6 and 20 px."""
+    h, w = shape_hw
+    out = rng.standard_normal((h, w)).astype(np.float32) * rng.uniform(0.3, 1.0)
+    for factor, amp in ((2, rng.uniform(0.0, 0.8)), (6, rng.uniform(0.0, 0.6)), (20, rng.uniform(0.0, 0.5))):
+        small = rng.standard_normal((h // factor + 2, w // factor + 2)).astype(np.float32)
+        out += amp * cv2.resize(small, (w + 2 * factor, h + 2 * factor), interpolation=cv2.INTER_CUBIC)[factor:factor + h, factor:factor + w]
+    return out
+
+
+def _burn_text(rng, img: np.ndarray) -> None:
+    h, w = img.shape
+    chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 :/.-"
+    for _ in range(int(rng.integers(1, 4))):
+        text = "".join(rng.choice(list(chars), int(rng.integers(3, 14))))
+        org = (int(rng.uniform(0, w * 0.7)), int(rng.choice([rng.uniform(10, 60), rng.uniform(h - 40, h - 5)])))
+        cv2.putText(img, text, org, int(rng.choice([0, 1, 2, 3, 4])), float(rng.uniform(0.3, 0.9)),
+                    int(rng.choice([255, 230, 0])), int(rng.integers(1, 3)), cv2.LINE_AA)
+
+
+def _draw_ruler(rng, img: np.ndarray) -> None:
+    h, w = img.shape
+    value = int(rng.choice([255, 220, 30]))
+    step = float(rng.uniform(6.0, 16.0))
+    if rng.random() < 0.6:  # vertical ruler near an edge
+        x = float(rng.choice([rng.uniform(3, 30), rng.uniform(w - 30, w - 3)]))
+        y0, y1 = sorted(rng.uniform(0, h, 2))
+        cv2.line(img, (int(x), int(y0)), (int(x), int(y1)), value, int(rng.integers(1, 3)), cv2.LINE_AA)
+        for k, y in enumerate(np.arange(y0, y1, step)):
+            length = 10 if k % 5 == 0 else 5
+            cv2.line(img, (int(x), int(y)), (int(x + length), int(y)), value, 1, cv2.LINE_AA)
+    else:
+        y = float(rng.choice([rng.uniform(3, 40), rng.uniform(h - 40, h - 3)]))
+        x0, x1 = sorted(rng.uniform(0, w, 2))
+        cv2.line(img, (int(x0), int(y)), (int(x1), int(y)), value, int(rng.integers(1, 3)), cv2.LINE_AA)
+        for k, x in enumerate(np.arange(x0, x1, step)):
+            length = 10 if k % 5 == 0 else 5
+            cv2.line(img, (int(x), int(y)), (int(x), int(y - length)), value, 1, cv2.LINE_AA)
+
+
+def _collimator(rng, x: np.ndarray) -> np.ndarray:
+    """Blend one or two shutter edges (flat bright or dark bands with a soft edge) into ``x`` in [0, 1]."""
+    h, w = x.shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    for _ in range(int(rng.integers(1, 3))):
+        side = int(rng.integers(4))
+        depth = float(rng.uniform(3, 0.18 * (w if side < 2 else h)))
+        coord = (xs, w - 1 - xs, ys, h - 1 - ys)[side]
+        tilt = rng.uniform(-0.08, 0.08) * ((ys, ys, xs, xs)[side] - (h if side < 2 else w) / 2)
+        band = 1.0 / (1.0 + np.exp(-np.clip((depth + tilt - coord) / rng.uniform(0.5, 3.0), -30, 30)))
+        level = float(rng.choice([rng.uniform(0.85, 1.0), rng.uniform(0.0, 0.1)]))
+        x = x * (1 - band) + level * band
+    return x
+
+
+def _collar(rng, x: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """A cervical collar: a slanted band of extra attenuation with bright rims and rivets across the
+    lower neck (below C3 where landmarks are known)."""
+    h, w = x.shape
+    finite = landmarks[np.isfinite(landmarks).all(axis=1)]
+    y_top = float(np.median(finite[:, 1])) + rng.uniform(-20, 80) if finite.size else rng.uniform(0.4, 0.8) * h
+    thick = rng.uniform(40, 160)
+    slope = rng.uniform(-0.3, 0.1)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    top = y_top + slope * (xs - w / 2)
+    inside = 1.0 / (1.0 + np.exp(-np.clip((ys - top) / 2.0, -30, 30))) * \
+        1.0 / (1.0 + np.exp(-np.clip((top + thick - ys) / 2.0, -30, 30)))
+    rims = np.exp(-((ys - top) / 1.5) ** 2) + np.exp(-((ys - top - thick) / 1.5) ** 2)
+    x = x + inside * rng.uniform(0.06, 0.2) + rims * rng.uniform(0.05, 0.2)
+    for _ in range(int(rng.integers(0, 4))):
+        cx = rng.uniform(0, w)
+        cy = y_top + slope * (cx - w / 2) + rng.uniform(0.2, 0.8) * thick
+        x = x + 0.5 * np.exp(-(((xs - cx) ** 2 + (ys - cy) ** 2) / rng.uniform(4, 25)))
+    return x
+
+
+def augment_realistic(rng: np.random.Generator, image: np.ndarray, landmarks: np.ndarray, config=None,
+                      params: RealisticAugment = REALISTIC, photometric: bool = True):
+    """The ``realistic`` augmentation profile (:class:`RealisticAugment`): one affine moves the
+    image and the landmarks exactly (border: reflected, or a constant like an image edge), then the
+    appearance of another clinic's radiograph. ``config`` is unused (same signature as
+    :func:`augment_sample`). Returns ``(image uint8 (H, W), landmarks (19, 2))``."""
+    h, w = image.shape[:2]
+    m = realistic_affine(rng, (h, w), landmarks, params)
+    border = (cv2.BORDER_REFLECT_101, 0) if rng.random() < 0.6 else (cv2.BORDER_CONSTANT, int(rng.choice([0, 255, 128])))
+    warped = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=border[0], borderValue=border[1])
+    pts = apply_affine(m, landmarks)
+    if not photometric:
+        return warped, pts
+    img = warped
+    if rng.random() < params.p_clahe:  # the clinic's own contrast processing
+        tiles = int(rng.integers(2, 9))
+        img = cv2.createCLAHE(clipLimit=float(rng.uniform(1.0, 4.0)), tileGridSize=(tiles, tiles)).apply(img)
+    x = img.astype(np.float32) / 255.0
+    if rng.random() < params.p_collar:
+        x = _collar(rng, x, pts)
+    x = np.clip(x, 0.0, 1.0) ** rng.uniform(0.6, 1.6)                             # gamma
+    x = (x - 0.5) * rng.uniform(0.65, 1.35) + 0.5 + rng.uniform(-0.12, 0.12)       # exposure
+    if rng.random() < params.p_blur:
+        x = cv2.GaussianBlur(x, (0, 0), rng.uniform(0.3, 1.8))
+    if rng.random() < params.p_unsharp:
+        x = x + rng.uniform(0.3, 1.5) * (x - cv2.GaussianBlur(x, (0, 0), rng.uniform(2.0, 8.0)))
+    sigma = rng.uniform(0.0, 0.045)
+    x = x + _spectral_noise(rng, (h, w)) * sigma * np.sqrt(np.clip(x, 0.02, 1.0) / 0.5)
+    if rng.random() < params.p_collimator:
+        x = _collimator(rng, np.clip(x, 0.0, 1.0))
+    img = np.clip(x * 255 + 0.5, 0, 255).astype(np.uint8)
+    if rng.random() < params.p_text:
+        _burn_text(rng, img)
+    if rng.random() < params.p_ruler:
+        _draw_ruler(rng, img)
+    if rng.random() < params.p_jpeg:
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(35, 90))])
+        if ok:
+            img = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+    return img, pts
 
 
 def encode_sample(image, landmarks, pre_config: PreprocessConfig, codec):
@@ -231,8 +482,9 @@ class LandmarkSequence(_keras_dataset_base()):
         self._order = self._make_order()
 
     def _epoch_samples(self) -> list[Sample]:
+        n_wide = int(round(100 * getattr(self.config, "wide_phantoms", 0.0)))
         phantoms = [Sample(landmarks=None, phantom_seed=self.seed * 1_000_003 + self.epoch * 100_003 + i,
-                           phantom_stage=i % 6 + 1) for i in range(self.fresh_phantoms)]
+                           phantom_stage=i % 6 + 1, wide=(i * 37) % 100 < n_wide) for i in range(self.fresh_phantoms)]
         return self.samples + phantoms
 
     def _make_order(self):
@@ -252,7 +504,8 @@ class LandmarkSequence(_keras_dataset_base()):
             image, pts = self._current[i].load()
             if self.augment:
                 rng = np.random.default_rng([self.seed, self.epoch, int(i), 7])
-                image, pts = augment_sample(rng, image, pts, self.config)
+                augment_fn = augment_realistic if self.config.augment_profile == "realistic" else augment_sample
+                image, pts = augment_fn(rng, image, pts, self.config)
             x, y = encode_sample(image, pts, self.pre_config, self.codec)
             xs.append(x)
             ys.append(y)
@@ -636,8 +889,7 @@ def train(config: TrainConfig, out_dir: Path, resume: bool = False, verbose: boo
     monitor = RunMonitor(out_dir, config, codec, val_seq, start_epoch, verbose)
     callbacks = [
         monitor,  # also saves the best checkpoint, atomically, with its score (commit_best)
-        keras.callbacks.ReduceLROnPlateau(monitor=monitor_key, mode="min", factor=0.5,
-                                          patience=config.reduce_lr_patience, min_lr=1e-6),
+        *schedule_callbacks(config, monitor_key),
         keras.callbacks.EarlyStopping(monitor=monitor_key, mode="min", patience=config.early_stopping_patience),
         *(extra_callbacks or []),
     ]

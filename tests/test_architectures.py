@@ -78,13 +78,17 @@ def test_table_entries_are_consistent():
         assert spec.name == name and spec.family in architectures.FAMILIES and spec.help
         for preset in architectures.PRESETS:
             d = spec.preset(preset)
-            assert set(d) == {"epochs", "lr", "batch_size", "augment", "preprocess"}
+            from dataclasses import fields as dc_fields
+            from cvs_core.train import TrainConfig
+            # the five every preset sets, plus optional TrainConfig fields (e.g. lr_schedule)
+            assert {"epochs", "lr", "batch_size", "augment", "preprocess"} <= set(d) <= {f.name for f in dc_fields(TrainConfig)}
             codec = spec.make_codec(PreprocessConfig.from_dict(d["preprocess"]).input_size)
             assert codec.kind in ("mask", "heatmap", "regression")
         spec.preset("seed")["preprocess"]["input_size"] = "changed"  # a copy: the table is untouched
         assert spec.preset("seed")["preprocess"]["input_size"] != "changed"
     assert {n: s.family for n, s in ARCHITECTURES.items()} == {
-        "unet_heatmap": "unet", "unet_seed": "unet", "inception_gap": "inception", "inception_seed": "inception"}
+        "unet_heatmap": "unet", "unet_seed": "unet", "inception_gap": "inception", "inception_seed": "inception",
+        "inception_integral": "inception"}
 
 
 def test_unknown_names_list_the_known_ones():
