@@ -63,13 +63,19 @@ def main(argv=None) -> int:
     with np.load(args.compare) as z:
         before = {k: z[k] for k in z.files}
     worst = 0.0
+    # A phantom whose pixels changed (the generator was retuned) tests the generator, not the
+    # models: predictions are compared on the phantoms rendered byte-identically only.
+    same_image = before["phantoms/image_sha"] == now["phantoms/image_sha"]
+    if not same_image.all():
+        print(f"phantoms: {int((~same_image).sum())} of {len(same_image)} rendered differently "
+              "(generator changed); model predictions compared on the other "
+              f"{int(same_image.sum())}")
     for key in sorted(before):
         a, b = before[key], now[key]
-        if a.dtype.kind in "US":
-            same = bool(np.array_equal(a, b))
-            print(f"{key:40s} {'identical' if same else 'DIFFERENT'}")
-            worst = worst if same else float("inf")
+        if key == "phantoms/image_sha":
             continue
+        if key.endswith("/phantoms") or key == "phantoms/true":
+            a, b = a[same_image], b[same_image]
         if not np.array_equal(np.isnan(a), np.isnan(b)):
             print(f"{key:40s} NaN pattern differs")
             worst = float("inf")
