@@ -32,7 +32,7 @@ with st.expander("Start a new run", expanded=not runs.list_runs(), icon=":materi
         c1, c2, c3 = st.columns(3, gap="medium")
         with c1:
             size = st.selectbox("Network size (U-Nets)", list(tr.SIZES), key="tr_size",
-                                help="Base filters / depth of unet_heatmap; ignored by the other architectures.")
+                                help="Base filters / depth, for the architectures whose builder takes them (unet_heatmap); ignored by the others.")
             name = st.text_input("Model name (when registered)", key="tr_name", placeholder="e.g. my_unet")
             seed = st.number_input("Random seed", 0, 10**6, 0, key="tr_seed")
         with c2:

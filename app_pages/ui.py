@@ -35,9 +35,10 @@ def model_names() -> list[str]:
 def default_models(names: list[str], n: int = 2) -> list[str]:
     """The demo models when present, else the first registered ones."""
     picked = [m for m in DEMO if m in names]
-    archs = {m.name: m.manifest.get("architecture", "") for m in model_infos()}
-    # ARCH: use ARCHITECTURES[arch].family == "unet" once cvs_core.architectures exists
-    rest = sorted((m for m in names if m not in picked), key=lambda m: not archs.get(m, "").startswith("unet"))
+    from cvs_core.architectures import family_of
+
+    family = {m.name: family_of(m.manifest) for m in model_infos()}
+    rest = sorted((m for m in names if m not in picked), key=lambda m: family.get(m) != "unet")
     picked += rest
     return picked[:n]
 
