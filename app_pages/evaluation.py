@@ -16,7 +16,7 @@ if not names:
     ui.no_models_message()
     st.stop()
 
-from cvs_core import evaluate, pck_view, viz  # noqa: E402
+from cvs_core import evaluate, limits, pck_view, viz  # noqa: E402
 from cvs_core.runs import extract_dataset_zip  # noqa: E402
 
 ss = st.session_state
@@ -119,7 +119,8 @@ if missing:
                 frac = (_j + done / max(total, 1)) / len(missing)
                 bar.progress(min(frac, 1.0), text=f"{_m}: {done}/{total} images")
 
-            preds_store[_key(m)] = evaluate.predict_dataset(predictor, dataset, roi=roi, progress=progress)
+            with limits.job_slot(ui.current_user().id):
+                preds_store[_key(m)] = evaluate.predict_dataset(predictor, dataset, roi=roi, progress=progress)
         except Exception as exc:  # noqa: BLE001
             ui.show_error(f"{m} failed on this dataset", exc)
     bar.empty()

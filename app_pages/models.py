@@ -14,6 +14,7 @@ ui.page_header("Models", "Every registered model is a folder with `model.keras` 
                ":material/deployed_code:")
 
 from cvs_core import model_view, registry, viz  # noqa: E402
+from cvs_core.access import safe_markdown  # noqa: E402
 
 ss = st.session_state
 infos = ui.model_infos()
@@ -71,11 +72,14 @@ else:
                     f"backend `{man.get('backend')}` · Keras {man.get('keras_version')} · schema "
                     f"`{man.get('landmark_schema')}`")
         st.caption(f"Folder: `{info.folder}`")
-        if not info.shipped:
+        if not info.shipped and not ui.can("delete_model"):
+            st.caption(f":material/lock: {ui.denied_note('delete_model')}")
+        elif not info.shipped:
             with st.popover("Delete this model", icon=":material/delete:"):
-                st.write(f"Delete the user model **{pick}** and its files?")
+                st.write(f"Delete the user model **{safe_markdown(pick)}** and its files?")
                 if st.button("Yes, delete", type="primary", key="models_delete"):
                     try:
+                        ui.require("delete_model")
                         version = ui.model_version(pick)
                         registry.delete_model(pick)
                         ui.forget_model(pick, version)  # only this model: the others stay loaded
@@ -109,12 +113,17 @@ with st.form("model_upload"):
         codec_kind = st.selectbox("Codec (output → landmarks)", ["auto (from architecture)", *CODEC_FACTORIES],
                                   key="models_codec")
         builder = st.text_input("Builder arguments (JSON, weights-only .h5)", "{}", key="models_builder")
-    go = st.form_submit_button("Register uploaded model", type="primary", icon=":material/upload:")
+    may_upload = ui.can("upload_model")
+    go = st.form_submit_button("Register uploaded model", type="primary", icon=":material/upload:",
+                               disabled=not may_upload)
+if not may_upload:
+    st.caption(f":material/lock: {ui.denied_note('upload_model')}")
 
 
 def _register_upload(up, name: str, arch: str, preset: str, codec_kind: str, builder_json: str) -> Path:
     """Check the upload's first bytes (a sentence for a wrong file), then register it through
     ``registry.register_model_file`` (safe-mode load, output shape checked against the codec)."""
+    ui.require("upload_model")
     if up is None:
         raise ValueError("choose a .keras or .h5 file")
     model_view.check_model_file(up.name, up.getvalue()[:16])
@@ -128,6 +137,26 @@ if go:
     try:
         with st.spinner("Loading and checking the model…"):
             dst = _register_upload(up, new_name.strip(), arch, preset, codec_kind, builder)
-        st.success(f"Registered **{new_name}** in `{dst}`", icon=":material/check:")
+        st.success(f"Registered **{safe_markdown(new_name)}** in `{dst}`", icon=":material/check:")
     except Exception as exc:  # noqa: BLE001
         ui.show_error("Could not register the uploaded model", exc)
+
+# ----------------------------------------------------------------------------- caches (admin)
+st.subheader("Caches")
+loaded = ui.loaded_models()
+st.caption("Loaded models are held by the server process, outside Streamlit's caches, so the page menu's "
+           "“Clear cache” (any browser can send it) does not unload them for everyone. Loaded now: "
+           + (", ".join(f"`{n}`" for n in sorted(loaded)) or "none") + ".")
+if ui.can("clear_cache"):
+    if st.button("Clear caches and unload models", icon=":material/mop:", key="models_clear_cache"):
+        try:
+            ui.require("clear_cache")
+            st.cache_data.clear()
+            st.cache_resource.clear()
+            n = ui.unload_all_models()
+            st.toast(f"Caches cleared; {n} model(s) unloaded (they load again on first use).",
+                     icon=":material/check:")
+        except Exception as exc:  # noqa: BLE001
+            ui.show_error("Could not clear the caches", exc)
+else:
+    st.caption(f":material/lock: {ui.denied_note('clear_cache')}")
