@@ -17,6 +17,7 @@ if not names:
     st.stop()
 
 from cvs_core import evaluate, limits, pck_view, viz  # noqa: E402
+from cvs_core.access import safe_label, safe_markdown  # noqa: E402
 from cvs_core.runs import extract_dataset_zip  # noqa: E402
 
 ss = st.session_state
@@ -85,7 +86,7 @@ with st.container(border=True):
     with c3:
         if dataset is not None:
             st.metric("images", len(dataset))
-            st.caption(f"source: `{dataset.source}`" + (" · ROI: study preset" if roi == "seed" else ""))
+            st.caption(f"source: {safe_markdown(dataset.source)}" + (" · ROI: study preset" if roi == "seed" else ""))
 
 if dataset is None or not picked:
     if dataset is None and ds_error is None:
@@ -167,7 +168,8 @@ def threshold_section():
     for col, m in zip(mcols, psets):
         s = scores[m].summary
         with col.container(border=True):
-            st.markdown(f"<span style='color:{colors[m]};font-weight:600'>● {m}</span>", unsafe_allow_html=True)
+            st.markdown(f"<span style='color:{colors[m]};font-weight:600'>● {safe_label(m)}</span>",
+                        unsafe_allow_html=True)
             k1, k2, k3 = st.columns(3)
             k1.metric(f"PCK @ {threshold:g} {label}", f"{se[m].pck(threshold) * 100:.1f}%")
             k2.metric("MRE (mm)", f"{s['mre_mm']:.2f}" if s["mre_mm"] is not None else "—",

@@ -14,7 +14,7 @@ ui.page_header("Models", "Every registered model is a folder with `model.keras` 
                ":material/deployed_code:")
 
 from cvs_core import model_view, registry, viz  # noqa: E402
-from cvs_core.access import safe_markdown  # noqa: E402
+from cvs_core.access import safe_label, safe_markdown  # noqa: E402
 
 ss = st.session_state
 infos = ui.model_infos()
@@ -146,7 +146,7 @@ st.subheader("Caches")
 loaded = ui.loaded_models()
 st.caption("Loaded models are held by the server process, outside Streamlit's caches, so the page menu's "
            "“Clear cache” (any browser can send it) does not unload them for everyone. Loaded now: "
-           + (", ".join(f"`{n}`" for n in sorted(loaded)) or "none") + ".")
+           + (", ".join(f"`{safe_label(n)}`" for n in sorted(loaded)) or "none") + ".")
 if ui.can("clear_cache"):
     if st.button("Clear caches and unload models", icon=":material/mop:", key="models_clear_cache"):
         try:

@@ -454,6 +454,13 @@ def sidebar():
     preload_default_models()
 
 
+def _code(name: str) -> str:
+    """A user-supplied name as inline code in Markdown (control characters and backticks removed)."""
+    from cvs_core.access import safe_label
+
+    return "`" + safe_label(name).replace("`", "'") + "`"
+
+
 def _sidebar_status(probe, polling: bool):
     info = probe.info
     if polling and info is not None and not loading_models():
@@ -471,12 +478,12 @@ def _sidebar_status(probe, polling: bool):
             st.caption(f"TensorFlow {info.get('tensorflow')} · Keras {info.get('keras')}")
         loaded = loaded_models()
         if loaded:
-            st.caption("Loaded: " + ", ".join(f"`{n}`" for n in sorted(loaded)))
+            st.caption("Loaded: " + ", ".join(_code(n) for n in sorted(loaded)))
         else:
             st.caption("No model loaded yet (models load on first use).")
         pending = loading_models()
         if pending:
-            st.caption(":material/hourglass_top: loading " + ", ".join(f"`{n}`" for n in pending) + "…")
+            st.caption(":material/hourglass_top: loading " + ", ".join(_code(n) for n in pending) + "…")
 
 
 # ----------------------------------------------------------------------------- small widgets
