@@ -79,7 +79,7 @@ def sign_in_box():
         if user.note and not (user.authenticated and user.mode == "local"):
             st.caption(user.note)
         elif user.note:
-            st.caption(f":material/lock: {user.note}")
+            st.caption(f":material/info: {user.note}")
     return user
 
 

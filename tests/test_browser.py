@@ -253,10 +253,12 @@ def _card_times(page) -> dict[str, float]:
     import re
 
     out = {}
-    cards = page.locator('[data-testid="stVerticalBlockBorderWrapper"]').filter(
-        has=page.locator('[data-testid="stMetricLabel"]', has_text="CVM stage"))
-    for i in range(cards.count()):
-        text = cards.nth(i).inner_text()
+    texts = page.evaluate(
+        "() => [...document.querySelectorAll('[data-testid=\"stMetricLabel\"]')]"
+        ".filter(e => e.innerText.includes('CVM stage')).map(e => {"
+        " let n = e; while (n && !(n.innerText || '').includes('●')) n = n.parentElement;"
+        " return n ? n.innerText : ''; })")
+    for text in texts:  # the card: "● name … N/19 landmarks · codec · W×H input · N ms"
         name = re.search(r"●\s*(\S+)", text)
         ms = re.search(r"·\s*(\d+) ms", text)
         if name and ms:
