@@ -122,13 +122,25 @@ def _in_pool(name: str) -> bool:
     return str(Path(resolve_model(name)).resolve()) in models().loaded()
 
 
-def start_loading(name: str) -> Future:
-    """Start loading a registered model in the background (once per model version); returns its Future."""
-    key = (name, model_version(name))
+def start_loading(name: str, retry_failed: bool = False) -> Future:
+    """Start loading a registered model in the background (once per model version); returns its Future.
+    A model evicted from the pool since loads again; a failed load is retried with ``retry_failed``."""
+    version = model_version(name)
+    key = (name, version)
     with _LOAD_LOCK:
         fut = _LOADS.get(key)
-        stale = fut is not None and fut.done() and fut.exception() is None and not _in_pool(name)
-        if fut is None or stale:  # never asked, or evicted from the pool since: load (again)
+        if fut is not None and fut.done():
+            failed = fut.exception() is not None
+            if (failed and retry_failed) or (not failed and not _in_pool(name)):
+                fut = None
+        if fut is None:
+            older = [k for k in _LOADS if k[0] == name and k != key]
+            if older:  # the model folder was replaced: drop the old weights from the pool first
+                from cvs_core.pool import models
+
+                models().discard(version.rsplit(":", 2)[0])
+                for k in older:
+                    del _LOADS[k]
             fut = _LOADS[key] = _LOADER.submit(_background_load, name)
         return fut
 
@@ -144,8 +156,9 @@ def predictor_status(name: str) -> str:
 
 def get_predictor(name: str, wait: bool = True):
     """The process-wide Predictor of a registered model (loaded and warmed up once, held by
-    ``cvs_core.pool``). ``wait=False``: ``None`` while it is still loading (the load keeps going)."""
-    fut = start_loading(name)
+    ``cvs_core.pool``). ``wait=False``: ``None`` while it is still loading (the load keeps going).
+    A failed load raises its error (``ModelError`` …) and is tried again on the next call."""
+    fut = start_loading(name, retry_failed=True)
     if not fut.done():
         if not wait:
             return None
