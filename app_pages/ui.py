@@ -200,11 +200,14 @@ def forget_model(name: str, version: str) -> None:
     """Unload one model version (after deleting it): the other loaded models stay loaded."""
     from cvs_core.pool import models
 
-    folder = version.rsplit(":", 2)[0]  # model_version(): "<folder>:<sha256>:<mtime>"
-    models().discard(folder)
     with _LOAD_LOCK:
+        keys = [k for k in _LOADS if k[0] == name]
+        # model_version(): "<folder>:<sha256>:<mtime>" (the folder may be gone already)
+        folders = {v.rsplit(":", 2)[0] for v in [version, *(k[1] for k in keys)] if v}
+        for folder in folders:
+            models().discard(folder)
         _LOADED.pop(name, None)
-        for key in [k for k in _LOADS if k[0] == name]:
+        for key in keys:
             del _LOADS[key]
     refreeze_heap()  # collect it now (a frozen heap would keep it forever)
 

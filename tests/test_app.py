@@ -691,3 +691,33 @@ def test_models_load_in_the_background_and_keras_state_survives_reruns(home):
     assert ui.predictor_status("mean_shape") == "ready"
     assert predictor is models().get("mean_shape") and ui.get_predictor("mean_shape", wait=False) is predictor
     assert "mean_shape" in ui.loaded_models()
+
+
+def test_a_replaced_model_folder_loads_its_new_weights(home):
+    """The pool keys models by folder; when a model's files are replaced (new weights, same name),
+    ui drops the old Predictor and loads the new one."""
+    import importlib
+    import json
+    import shutil
+
+    from cvs_core import registry
+    from cvs_core.pool import models
+
+    ui = importlib.import_module(f"{PAGES}.ui")
+    dst = registry.user_models_dir() / "swapped"
+    shutil.copytree(registry.user_models_dir() / "mean_shape", dst)
+    man = json.loads((dst / "manifest.json").read_text())
+    man["name"] = "swapped"
+    (dst / "manifest.json").write_text(json.dumps(man))
+    try:
+        old = ui.get_predictor("swapped")
+        time.sleep(0.01)
+        shutil.copy(registry.user_models_dir() / "tiny_unet" / "model.keras", dst / "model.keras")
+        man.update(json.loads((registry.user_models_dir() / "tiny_unet" / "manifest.json").read_text()), name="swapped")
+        (dst / "manifest.json").write_text(json.dumps(man))
+        new = ui.get_predictor("swapped")
+        assert new is not old and new.codec.kind == "heatmap" and old.codec.kind == "regression"
+    finally:
+        registry.delete_model("swapped")
+        ui.forget_model("swapped", "")  # the version is unknown after deleting: the folder comes from the load
+        assert "swapped" not in ui.loaded_models() and not any(p.endswith("/swapped") for p in models().loaded())
