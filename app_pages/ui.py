@@ -365,30 +365,35 @@ def load_phantom(seed: int, stage: int | None):
 
 # ----------------------------------------------------------------------------- predictions
 @st.cache_resource(show_spinner=False, max_entries=48)
-def _predict_cached(model: str, version: str, key: str, roi_json: str, overrides_json: str, _image):
+def _predict_cached(model: str, version: str, key: str, roi_json: str, overrides_json: str, spacing_mm, _image):
     import json
 
     from cvs_core.pool import models
 
     overrides = json.loads(overrides_json) or None
+    roi = json.loads(roi_json)
+    if spacing_mm is not None:  # the batcher takes no spacing: the model's own (thread-safe) Predictor
+        return with_preprocess(models().get(model), overrides).predict(_image, roi=roi, spacing_mm=spacing_mm)
     # plain settings: the shared batcher (concurrent sessions' calls gathered into one model call)
     predictor = with_preprocess(models().get(model), overrides) if overrides else models().get_batched(model)
-    roi = json.loads(roi_json)
     return predictor.predict(_image, roi=roi)
 
 
-def predict(model: str, inp: InputImage, roi, overrides: dict | None = None):
-    """One model's Prediction on an input (cached per model version, image, ROI and overrides), in one
-    of the session user's job slots (``limits.job_slot``; a LimitError is a ValueError)."""
+def predict(model: str, inp: InputImage, roi, overrides: dict | None = None, spacing_mm: float | None = None):
+    """One model's Prediction on an input (cached per model version, image, ROI, overrides and
+    spacing), in one of the session user's job slots (``limits.job_slot``; a LimitError is a
+    ValueError). ``roi``: as ``Predictor.predict`` (``"auto"``, ``"seed"``, a box, None);
+    ``spacing_mm``: mm per input pixel (``landmarks_mm``, the auto ROI's scale). Waits (spinner)
+    while the model loads: check ``predictor_status`` first to avoid that."""
     import json
 
     from cvs_core import limits
 
     version = model_version(model)
-    get_predictor(model)  # waits (spinner) while it loads
+    get_predictor(model)
     with limits.job_slot(current_user().id):
         return _predict_cached(model, version, inp.key, json.dumps(roi), json.dumps(overrides or {}, sort_keys=True),
-                               inp.image)
+                               None if spacing_mm is None else float(spacing_mm), inp.image)
 
 
 # ----------------------------------------------------------------------------- system info

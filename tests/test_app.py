@@ -721,3 +721,18 @@ def test_a_replaced_model_folder_loads_its_new_weights(home):
         registry.delete_model("swapped")
         ui.forget_model("swapped", "")  # the version is unknown after deleting: the folder comes from the load
         assert "swapped" not in ui.loaded_models() and not any(p.endswith("/swapped") for p in models().loaded())
+
+
+def test_predict_with_spacing_uses_the_plain_predictor(home):
+    """ui.predict's spacing_mm (for mm output / the auto ROI's scale) reaches Predictor.predict."""
+    import importlib
+    import json
+
+    ui = importlib.import_module(f"{PAGES}.ui")
+    image = np.full((96, 40), 128, np.uint8)
+    version = ui.model_version("mean_shape")
+    ui.get_predictor("mean_shape")
+    with_mm = ui._predict_cached("mean_shape", version, "flat", json.dumps(None), "{}", 0.25, image)
+    plain = ui._predict_cached("mean_shape", version, "flat", json.dumps(None), "{}", None, image)
+    assert with_mm.landmarks_mm is not None and plain.landmarks_mm is None
+    assert np.allclose(with_mm.landmarks, plain.landmarks)
