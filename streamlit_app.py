@@ -48,7 +48,7 @@ def sign_in_box():
         st.sidebar.error(f"Access configuration: {exc}", icon=":material/error:")
         cfg = access.AccessConfig(mode="password")
     if cfg.mode == "oidc":
-        logged_in = bool(st.user.is_logged_in)
+        logged_in = bool(st.user.get("is_logged_in", False))  # absent when no auth cookie was read
         user = access.resolve_user(cfg, email=st.user.get("email") if logged_in else None, logged_in=logged_in,
                                    server_address=st.get_option("server.address"))
     else:

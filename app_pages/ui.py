@@ -293,7 +293,7 @@ def current_user():
         from cvs_core import access
 
         cfg = access_config()
-        logged_in = bool(getattr(st.user, "is_logged_in", False)) if cfg.mode == "oidc" else False
+        logged_in = bool(st.user.get("is_logged_in", False)) if cfg.mode == "oidc" else False
         user = access.resolve_user(cfg, email=st.user.get("email") if logged_in else None, logged_in=logged_in,
                                    password_ok=bool(st.session_state.get("cvs_password_ok")),
                                    server_address=st.get_option("server.address"))

@@ -736,3 +736,25 @@ def test_predict_with_spacing_uses_the_plain_predictor(home):
     plain = ui._predict_cached("mean_shape", version, "flat", json.dumps(None), "{}", None, image)
     assert with_mm.landmarks_mm is not None and plain.landmarks_mm is None
     assert np.allclose(with_mm.landmarks, plain.landmarks)
+
+
+def test_anonymous_user_with_sign_in_configured_can_take_no_gated_action(home):
+    """OpenID Connect mode ([auth] in the secrets), nobody signed in: a Sign-in button, and every
+    gated control is disabled or absent."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.secrets["auth"] = {"redirect_uri": "http://127.0.0.1:8501/oauth2callback", "cookie_secret": "x" * 32,
+                          "client_id": "lab", "client_secret": "secret",
+                          "server_metadata_url": "https://id.example.org/.well-known/openid-configuration"}
+    at.secrets["roles"] = {"alice@lab.org": "admin"}
+    at.run()
+    assert not at.exception, at.exception
+    assert any(b.label == "Sign in" for b in at.sidebar.button)
+    at.switch_page(page_path("training")).run()
+    assert next(b for b in at.button if b.label == "Start training").disabled
+    at.switch_page(page_path("models")).run()
+    assert not at.exception, at.exception
+    assert next(b for b in at.button if b.label == "Register uploaded model").disabled
+    at.selectbox(key="models_pick").set_value("tiny_unet").run()
+    assert not {"models_delete", "models_clear_cache"} & _button_keys(at)
