@@ -16,7 +16,8 @@ if not names:
     ui.no_models_message()
     st.stop()
 
-from cvs_core import evaluate, pck_view, viz  # noqa: E402
+from cvs_core import evaluate, limits, pck_view, viz  # noqa: E402
+from cvs_core.access import safe_label, safe_markdown  # noqa: E402
 from cvs_core.runs import extract_dataset_zip  # noqa: E402
 
 ss = st.session_state
@@ -85,7 +86,7 @@ with st.container(border=True):
     with c3:
         if dataset is not None:
             st.metric("images", len(dataset))
-            st.caption(f"source: `{dataset.source}`" + (" · ROI: study preset" if roi == "seed" else ""))
+            st.caption(f"source: {safe_markdown(dataset.source)}" + (" · ROI: study preset" if roi == "seed" else ""))
 
 if dataset is None or not picked:
     if dataset is None and ds_error is None:
@@ -119,7 +120,8 @@ if missing:
                 frac = (_j + done / max(total, 1)) / len(missing)
                 bar.progress(min(frac, 1.0), text=f"{_m}: {done}/{total} images")
 
-            preds_store[_key(m)] = evaluate.predict_dataset(predictor, dataset, roi=roi, progress=progress)
+            with limits.job_slot(ui.current_user().id):
+                preds_store[_key(m)] = evaluate.predict_dataset(predictor, dataset, roi=roi, progress=progress)
         except Exception as exc:  # noqa: BLE001
             ui.show_error(f"{m} failed on this dataset", exc)
     bar.empty()
@@ -166,7 +168,8 @@ def threshold_section():
     for col, m in zip(mcols, psets):
         s = scores[m].summary
         with col.container(border=True):
-            st.markdown(f"<span style='color:{colors[m]};font-weight:600'>● {m}</span>", unsafe_allow_html=True)
+            st.markdown(f"<span style='color:{colors[m]};font-weight:600'>● {safe_label(m)}</span>",
+                        unsafe_allow_html=True)
             k1, k2, k3 = st.columns(3)
             k1.metric(f"PCK @ {threshold:g} {label}", f"{se[m].pck(threshold) * 100:.1f}%")
             k2.metric("MRE (mm)", f"{s['mre_mm']:.2f}" if s["mre_mm"] is not None else "—",

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +14,7 @@ ui.page_header("Models", "Every registered model is a folder with `model.keras` 
                ":material/deployed_code:")
 
 from cvs_core import model_view, registry, viz  # noqa: E402
+from cvs_core.access import safe_label, safe_markdown  # noqa: E402
 
 ss = st.session_state
 infos = ui.model_infos()
@@ -72,11 +72,14 @@ else:
                     f"backend `{man.get('backend')}` · Keras {man.get('keras_version')} · schema "
                     f"`{man.get('landmark_schema')}`")
         st.caption(f"Folder: `{info.folder}`")
-        if not info.shipped:
+        if not info.shipped and not ui.can("delete_model"):
+            st.caption(f":material/lock: {ui.denied_note('delete_model')}")
+        elif not info.shipped:
             with st.popover("Delete this model", icon=":material/delete:"):
-                st.write(f"Delete the user model **{pick}** and its files?")
+                st.write(f"Delete the user model **{safe_markdown(pick)}** and its files?")
                 if st.button("Yes, delete", type="primary", key="models_delete"):
                     try:
+                        ui.require("delete_model")
                         version = ui.model_version(pick)
                         registry.delete_model(pick)
                         ui.forget_model(pick, version)  # only this model: the others stay loaded
@@ -93,8 +96,7 @@ else:
 st.subheader("Upload a model")
 st.caption("A Keras 3 `.keras` file (loaded in safe mode — no arbitrary code) or one of the study's `.h5` files "
            "(full model or weights only). Say how it was trained; the manifest is written from your answers.")
-from cvs_core.networks import BUILDERS  # noqa: E402
-from cvs_core.train import preset_defaults  # noqa: E402
+from cvs_core.architectures import ARCHITECTURES, CODEC_FACTORIES  # noqa: E402
 
 with st.form("model_upload"):
     u1, u2, u3 = st.columns(3, gap="medium")
@@ -103,72 +105,58 @@ with st.form("model_upload"):
         up = st.file_uploader("Model file (.keras or .h5)", key="models_file")
         new_name = st.text_input("Name", key="models_name", placeholder="e.g. study_unet")
     with u2:
-        arch = st.selectbox("Architecture", list(BUILDERS), key="models_arch")
+        arch = st.selectbox("Architecture", list(ARCHITECTURES), key="models_arch",
+                            format_func=lambda a: f"{a} — {ARCHITECTURES[a].help}")
         preset = st.radio("Preprocessing preset", ["seed", "improved"], horizontal=True, key="models_preset",
                           help="seed: exactly the study's preprocessing for this architecture.")
     with u3:
-        codec_kind = st.selectbox("Codec (output → landmarks)", ["auto (from architecture)", "mask", "heatmap",
-                                                                   "regression (raw px)", "regression (normalised)"],
+        codec_kind = st.selectbox("Codec (output → landmarks)", ["auto (from architecture)", *CODEC_FACTORIES],
                                   key="models_codec")
         builder = st.text_input("Builder arguments (JSON, weights-only .h5)", "{}", key="models_builder")
-    go = st.form_submit_button("Register uploaded model", type="primary", icon=":material/upload:")
+    may_upload = ui.can("upload_model")
+    go = st.form_submit_button("Register uploaded model", type="primary", icon=":material/upload:",
+                               disabled=not may_upload)
+if not may_upload:
+    st.caption(f":material/lock: {ui.denied_note('upload_model')}")
 
 
-# ARCH: replace with registry.register_model_file(path, name) (keep the check_model_file call first)
 def _register_upload(up, name: str, arch: str, preset: str, codec_kind: str, builder_json: str) -> Path:
-    import keras
-
-    from cvs_core.codecs import HeatmapCodec, MaskCodec, RegressionCodec
-    from cvs_core.networks import CUSTOM_OBJECTS
-    from cvs_core.preprocess import PreprocessConfig
-
+    """Check the upload's first bytes (a sentence for a wrong file), then register it through
+    ``registry.register_model_file`` (safe-mode load, output shape checked against the codec)."""
+    ui.require("upload_model")
     if up is None:
         raise ValueError("choose a .keras or .h5 file")
     model_view.check_model_file(up.name, up.getvalue()[:16])
     if not name:
         raise ValueError("give the model a name")
-    try:
-        builder_kwargs = json.loads(builder_json or "{}")
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"builder arguments are not valid JSON: {exc}") from None
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(up.name).name
-        path.write_bytes(up.getvalue())
-        if path.suffix == ".h5":
-            model = registry.load_legacy_h5(path, architecture=arch, builder_kwargs=builder_kwargs)
-        else:
-            try:
-                model = keras.saving.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False, safe_mode=True)
-            except Exception as exc:  # noqa: BLE001
-                raise registry.ModelError(f"could not load {up.name} (safe mode): {exc}") from exc
-        h, w, c = (int(v) for v in model.input_shape[1:4])
-        pre = PreprocessConfig.from_dict(preset_defaults(arch, preset)["preprocess"]).replace(
-            input_size=[h, w], channels=c)
-        kind = codec_kind
-        if kind.startswith("auto"):
-            kind = {"unet_seed": "mask", "unet_heatmap": "heatmap", "inception_seed": "regression (raw px)",
-                    "inception_gap": "regression (normalised)"}[arch]
-        out_shape = tuple(model.output_shape[1:])
-        if kind == "mask":
-            codec, want = MaskCodec(input_size=(h, w)), (h, w, 1)
-        elif kind == "heatmap":
-            codec, want = HeatmapCodec(input_size=(h, w)), (h, w, 19)
-        else:
-            codec, want = RegressionCodec(input_size=(h, w), normalize="normalised" in kind), (38,)
-        if out_shape != want:
-            raise registry.ModelError(f"the model outputs {out_shape}, but a {kind} codec needs {want}")
-        manifest = registry.base_manifest(
-            name=name, architecture=arch, builder_kwargs=builder_kwargs, preprocess=pre, codec=codec,
-            training={"preset": preset, "data": {"source": f"uploaded file {up.name}"}},
-            metrics={}, imagenet_weights=None, uploaded_from=up.name)
-        folder = registry.save_model_folder(model, Path(tmp) / "folder", manifest)
-        return registry.register_model_folder(folder, name)
+    return registry.register_model_file(up.getvalue(), name, arch, preset, codec=codec_kind,
+                                        builder_kwargs=builder_json or "{}", source_name=up.name)
 
 
 if go:
     try:
         with st.spinner("Loading and checking the model…"):
             dst = _register_upload(up, new_name.strip(), arch, preset, codec_kind, builder)
-        st.success(f"Registered **{new_name}** in `{dst}`", icon=":material/check:")
+        st.success(f"Registered **{safe_markdown(new_name)}** in `{dst}`", icon=":material/check:")
     except Exception as exc:  # noqa: BLE001
         ui.show_error("Could not register the uploaded model", exc)
+
+# ----------------------------------------------------------------------------- caches (admin)
+st.subheader("Caches")
+loaded = ui.loaded_models()
+st.caption("Loaded models are held by the server process, outside Streamlit's caches, so the page menu's "
+           "“Clear cache” (any browser can send it) does not unload them for everyone. Loaded now: "
+           + (", ".join(f"`{safe_label(n)}`" for n in sorted(loaded)) or "none") + ".")
+if ui.can("clear_cache"):
+    if st.button("Clear caches and unload models", icon=":material/mop:", key="models_clear_cache"):
+        try:
+            ui.require("clear_cache")
+            st.cache_data.clear()
+            st.cache_resource.clear()
+            n = ui.unload_all_models()
+            st.toast(f"Caches cleared; {n} model(s) unloaded (they load again on first use).",
+                     icon=":material/check:")
+        except Exception as exc:  # noqa: BLE001
+            ui.show_error("Could not clear the caches", exc)
+else:
+    st.caption(f":material/lock: {ui.denied_note('clear_cache')}")

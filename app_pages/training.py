@@ -6,6 +6,7 @@ import streamlit as st
 from app_pages import ui
 from cvs_core import runs, viz
 from cvs_core import train_request as tr
+from cvs_core.access import safe_markdown
 
 ui.page_header("Training", "Train a landmark model in the background. Each run is a separate process writing to "
                f"`{runs.runs_dir()}`, so it survives page refreshes and app restarts.", ":material/model_training:")
@@ -32,7 +33,7 @@ with st.expander("Start a new run", expanded=not runs.list_runs(), icon=":materi
         c1, c2, c3 = st.columns(3, gap="medium")
         with c1:
             size = st.selectbox("Network size (U-Nets)", list(tr.SIZES), key="tr_size",
-                                help="Base filters / depth of unet_heatmap; ignored by the other architectures.")
+                                help="Base filters / depth, for the architectures whose builder takes them (unet_heatmap); ignored by the others.")
             name = st.text_input("Model name (when registered)", key="tr_name", placeholder="e.g. my_unet")
             seed = st.number_input("Random seed", 0, 10**6, 0, key="tr_seed")
         with c2:
@@ -50,16 +51,21 @@ with st.expander("Start a new run", expanded=not runs.list_runs(), icon=":materi
             lab = ss.get("lab_preprocess")
             use_lab = st.toggle("CLAHE-lab preprocessing", False, key="tr_use_lab", disabled=not lab,
                                 help=(f"{lab}" if lab else "Press 'Use these settings' in the CLAHE lab first."))
-        submitted = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
+        may_start = ui.can("start_run")
+        submitted = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:",
+                                          disabled=not may_start)
+    if not may_start:
+        st.caption(f":material/lock: {ui.denied_note('start_run')}")
 
     if submitted:
         try:
+            ui.require("start_run")
             req = tr.TrainRequest(arch=arch, preset=preset, size=size, name=name, data=data, phantoms=int(phantoms),
                                   val_phantoms=int(val_phantoms), epochs=int(epochs), lr=float(lr),
                                   batch_size=int(batch), augment=bool(augment), seed=int(seed),
                                   lab=lab if (use_lab and lab) else None,
                                   zip_bytes=zip_up.getvalue() if zip_up is not None else None)
-            run_id = runs.start_run(tr.build_config(req, ui.SAMPLES.parent))
+            run_id = runs.start_run(tr.build_config(req, ui.SAMPLES.parent), owner=ui.current_user().id)
             ss["tr_selected"] = run_id
             st.success(f"Started run **{run_id}**", icon=":material/rocket_launch:")
         except Exception as exc:  # noqa: BLE001
@@ -73,7 +79,8 @@ if not all_runs:
     st.stop()
 
 STATUS_ICON = {"starting": ":material/hourglass_top:", "running": ":material/autorenew:",
-               "succeeded": ":material/check_circle:", "failed": ":material/error:", "cancelled": ":material/stop_circle:"}
+               "succeeded": ":material/check_circle:", "failed": ":material/error:", "cancelled": ":material/stop_circle:",
+               "interrupted": ":material/power_off:"}
 st.subheader("Runs")
 st.dataframe(tr.runs_table(all_runs), hide_index=True, width="stretch", column_config={
     "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
@@ -92,6 +99,18 @@ def _baseline() -> float:
     return tr.mean_shape_baseline_px()
 
 
+def _guarded(action: str, owner, fn, *args, **kwargs) -> bool:
+    """Check the action again at the moment it runs (a button shown earlier is no permission), then
+    call ``fn``; a refusal or a library error is shown, never raised."""
+    try:
+        ui.require(action, owner)
+        fn(*args, **kwargs)
+        return True
+    except Exception as exc:  # noqa: BLE001 - AccessDenied, RunLimitError, ValueError: one sentence each
+        ui.show_error(f"Could not {action.replace('_', ' ')}", exc)
+        return False
+
+
 @st.fragment(run_every=2 if any_active else None)
 def run_panel(run_id: str, was_active: bool):
     try:
@@ -108,11 +127,12 @@ def run_panel(run_id: str, was_active: bool):
                     + (f" · best val MRE **{info['best']:.2f} px**" if info["best"] is not None else ""))
         st.progress(info["progress"])
     with actions:
-        if info["status"] in runs.ACTIVE:
+        owner = info.get("owner")
+        if info["status"] in runs.ACTIVE and ui.can("cancel_run", owner):
             if st.button("Cancel run", icon=":material/stop_circle:", key=f"cancel_{run_id}", width="stretch"):
-                runs.cancel(run_id)
+                _guarded("cancel_run", owner, runs.cancel, run_id)
                 st.toast("Cancel requested — the run stops after the current batch.")
-        elif info["status"] == "succeeded" and not info.get("registered_as"):
+        elif info["status"] == "succeeded" and not info.get("registered_as") and ui.can("upload_model"):
             with st.form(f"register_{run_id}", border=False):
                 default = tr.free_model_name(info.get("name") or f"{info['model']}_{run_id.split('-')[-1]}")
                 reg_name = st.text_input("Register as", default, key=f"reg_name_{run_id}")
@@ -120,23 +140,38 @@ def run_panel(run_id: str, was_active: bool):
                                                    type="primary")
             if registered:
                 try:
+                    ui.require("upload_model")
                     runs.register_run_model(run_id, reg_name.strip())
-                    st.toast(f"Registered **{reg_name}** — it is now in Compare, Evaluation and Models.",
+                    st.toast(f"Registered **{safe_markdown(reg_name)}** — it is now in Compare, Evaluation and Models.",
                              icon=":material/check:")
                     st.rerun(scope="app")  # the runs table shows "registered as"
                 except Exception as exc:  # noqa: BLE001
                     ui.show_error("Could not register the model", exc)
         elif info.get("registered_as"):
-            st.success(f"Registered as **{info['registered_as']}**", icon=":material/check:")
+            st.success(f"Registered as **{safe_markdown(info['registered_as'])}**", icon=":material/check:")
             if st.button("Use in Compare", icon=":material/compare:", key=f"use_{run_id}", width="stretch"):
                 ss["cmp_model_a"] = info["registered_as"]
                 st.switch_page("app_pages/compare.py")
-        if info["status"] in runs.FINAL:
+        if info.get("resumable") and ui.can("resume_run", owner):
+            if st.button("Resume run", icon=":material/resume:", key=f"resume_{run_id}", width="stretch",
+                         type="primary", help="Continue from the last checkpoint (epochs done and the best "
+                                              "checkpoint are kept)."):
+                if _guarded("resume_run", owner, runs.resume_run, run_id, owner=ui.current_user().id):
+                    st.rerun(scope="app")
+        if info["status"] in runs.FINAL and ui.can("delete_run", owner):
             if st.button("Delete run", icon=":material/delete:", key=f"delete_{run_id}", width="stretch"):
-                runs.delete_run(run_id)
-                st.rerun(scope="app")
+                if _guarded("delete_run", owner, runs.delete_run, run_id):
+                    st.rerun(scope="app")
+        if info["status"] in runs.ACTIVE + runs.FINAL and not ui.can("delete_run", owner):
+            st.caption(f":material/lock: {ui.denied_note('delete_run', owner)}")
     if info["status"] == "failed" and info.get("error"):
         st.error(f"Run failed: {info['error']}", icon=":material/error:")
+    if info["status"] == "interrupted":
+        st.warning(f"The training process stopped without a final status ({info.get('error') or 'killed'}). "
+                   "Resume it here or from a shell:", icon=":material/power_off:")
+    if info.get("resumable"):
+        st.caption("Resume from a shell (same run folder, continues from the last checkpoint):")
+        st.code(info["resume_command"], language="bash")
     df = runs.read_metrics(run_id)
     left, right = st.columns([1.6, 1])
     with left:

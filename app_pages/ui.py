@@ -1,11 +1,14 @@
-"""Shared widgets and cached loaders for the pages. No computation beyond calling ``cvs_core``.
+"""Shared widgets and loaders for the pages. No computation beyond calling ``cvs_core``.
 
-Everything heavy is cached per process: model Predictors (``st.cache_resource``, one per model
-version; a Predictor is thread-safe), decoded sample images, per-image predictions.
+Everything heavy is held per process: model Predictors in ``cvs_core.pool`` (loaded on a background
+thread, outside Streamlit's caches so a "Clear cache" from one browser unloads nothing), decoded
+sample images and per-image predictions in Streamlit's caches. The session's user (sign-in, password
+or local mode) decides which actions the pages offer (``cvs_core.access``).
 """
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import streamlit as st
@@ -16,6 +19,43 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "data" / "samples"
 FAVICON = str(Path(__file__).resolve().parent / "favicon.png")  # local: the app makes no outside request
 DEMO = ("unet_heatmap", "inception_resnet_v2")
+
+
+
+def keep_tf_kernels_across_reruns() -> bool:
+    """Stop Streamlit from calling ``keras.backend.clear_session()`` after every script run.
+
+    Streamlit's ``script_runner._clean_problem_modules`` (run after each script run) clears Keras'
+    global state, which empties TensorFlow's kernel cache: every compiled model graph is thrown
+    away and rebuilt on the next call (``docs/benchmarks.md``, issue 15). This replaces it with a
+    version that only closes matplotlib figures (the other half of what Streamlit does there).
+    Idempotent; returns True when patched, False when this Streamlit version has no such hook."""
+    import sys
+
+    try:
+        from streamlit.runtime.scriptrunner import script_runner
+    except ImportError:  # pragma: no cover - other Streamlit layouts
+        return False
+    current = getattr(script_runner, "_clean_problem_modules", None)
+    if current is None:
+        return False
+    if getattr(current, "_keeps_keras", False):
+        return True
+
+    def _clean_problem_modules() -> None:
+        plt = sys.modules.get("matplotlib.pyplot")
+        if plt is not None:
+            try:
+                plt.close("all")
+            except Exception:  # noqa: BLE001 - as Streamlit: never crash the app here
+                pass
+
+    _clean_problem_modules._keeps_keras = True
+    script_runner._clean_problem_modules = _clean_problem_modules
+    return True
+
+
+keep_tf_kernels_across_reruns()  # once per process (idempotent): compiled model graphs survive reruns
 
 CAVEAT_SHORT = ("The CVM stage is an **estimate** from 19 landmarks, to be read together with age, sex and "
                 "the radiograph itself; human raters agree on the stage less than half of the time.")
@@ -35,9 +75,10 @@ def model_names() -> list[str]:
 def default_models(names: list[str], n: int = 2) -> list[str]:
     """The demo models when present, else the first registered ones."""
     picked = [m for m in DEMO if m in names]
-    archs = {m.name: m.manifest.get("architecture", "") for m in model_infos()}
-    # ARCH: use ARCHITECTURES[arch].family == "unet" once cvs_core.architectures exists
-    rest = sorted((m for m in names if m not in picked), key=lambda m: not archs.get(m, "").startswith("unet"))
+    from cvs_core.architectures import family_of
+
+    family = {m.name: family_of(m.manifest) for m in model_infos()}
+    rest = sorted((m for m in names if m not in picked), key=lambda m: family.get(m) != "unet")
     picked += rest
     return picked[:n]
 
@@ -52,30 +93,135 @@ def model_version(name: str) -> str:
     return f"{folder}:{m.get('weights_sha256', '')}:{stamp}"
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _load_predictor(name: str, version: str):
-    from cvs_core.predict import Predictor, configure_for_interactive_use
+# Models live in cvs_core.pool (outside Streamlit's caches: a "Clear cache" from any browser does not
+# unload them for everyone). Loads run on one background thread, so a page renders at once and shows
+# "loading" while the model is read and warmed up; ``get_predictor(name)`` waits with a spinner.
+_LOAD_LOCK = threading.Lock()
+_LOADS: dict[tuple[str, str], Future] = {}   # (name, model_version) → the background load
+_LOADED: dict[str, dict] = {}                # name → what the sidebar says about it
+_LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvs-app-load")
+
+
+def _background_load(name: str):
+    from cvs_core.pool import models
+    from cvs_core.predict import configure_for_interactive_use
 
     configure_for_interactive_use()
-
-    predictor = Predictor.load(name)
+    predictor = models().get(name)
     refreeze_heap()
-    loaded_models()[name] = {"family": predictor.family, "architecture": predictor.manifest.get("architecture"),
-                             "input": predictor.config.input_size}
+    with _LOAD_LOCK:
+        _LOADED[name] = {"family": predictor.family, "architecture": predictor.manifest.get("architecture"),
+                         "input": predictor.config.input_size}
     return predictor
 
 
-@st.cache_resource(show_spinner=False)
+def _in_pool(name: str) -> bool:
+    from cvs_core.pool import models
+    from cvs_core.registry import resolve_model
+
+    return str(Path(resolve_model(name)).resolve()) in models().loaded()
+
+
+def start_loading(name: str, retry_failed: bool = False) -> Future:
+    """Start loading a registered model in the background (once per model version); returns its Future.
+    A model evicted from the pool since loads again; a failed load is retried with ``retry_failed``."""
+    version = model_version(name)
+    key = (name, version)
+    with _LOAD_LOCK:
+        fut = _LOADS.get(key)
+        if fut is not None and fut.done():
+            failed = fut.exception() is not None
+            if (failed and retry_failed) or (not failed and not _in_pool(name)):
+                fut = None
+        if fut is None:
+            older = [k for k in _LOADS if k[0] == name and k != key]
+            if older:  # the model folder was replaced: drop the old weights from the pool first
+                from cvs_core.pool import models
+
+                models().discard(version.rsplit(":", 2)[0])
+                for k in older:
+                    del _LOADS[k]
+            fut = _LOADS[key] = _LOADER.submit(_background_load, name)
+        return fut
+
+
+def predictor_status(name: str) -> str:
+    """``"ready"`` (loaded and warmed up), ``"loading"`` (a background load is running or queued; this
+    call starts it) or ``"failed"`` (``get_predictor`` re-raises the load's error)."""
+    fut = start_loading(name)
+    if not fut.done():
+        return "loading"
+    return "failed" if fut.exception() is not None else "ready"
+
+
+def get_predictor(name: str, wait: bool = True):
+    """The process-wide Predictor of a registered model (loaded and warmed up once, held by
+    ``cvs_core.pool``). ``wait=False``: ``None`` while it is still loading (the load keeps going).
+    A failed load raises its error (``ModelError`` …) and is tried again on the next call."""
+    fut = start_loading(name, retry_failed=True)
+    if not fut.done():
+        if not wait:
+            return None
+        with st.spinner(f"Loading model **{name}** (once per server process)…"):
+            fut.result()
+    return fut.result()
+
+
+def _load_predictor(name: str, version: str | None = None):
+    """The loaded Predictor of ``name`` (blocking, no spinner). ``version`` is accepted for old callers."""
+    return start_loading(name).result()
+
+
 def loaded_models() -> dict:
-    """Models loaded in this process (shown in the sidebar)."""
-    return {}
+    """Models loaded in this process (shown in the sidebar): name → family, architecture, input size."""
+    from cvs_core.pool import models
+
+    held = set(models().loaded())
+    with _LOAD_LOCK:
+        return {n: v for n, v in _LOADED.items() if _folder_of(n) in held}
+
+
+def loading_models() -> list[str]:
+    """Names of the models whose background load is running or queued."""
+    with _LOAD_LOCK:
+        return sorted({k[0] for k, f in _LOADS.items() if not f.done()})
+
+
+def _folder_of(name: str) -> str | None:
+    from cvs_core.registry import resolve_model
+
+    try:
+        return str(Path(resolve_model(name)).resolve())
+    except (ValueError, OSError):
+        return None
 
 
 def forget_model(name: str, version: str) -> None:
     """Unload one model version (after deleting it): the other loaded models stay loaded."""
-    _load_predictor.clear(name, version)
-    loaded_models().pop(name, None)
+    from cvs_core.pool import models
+
+    with _LOAD_LOCK:
+        keys = [k for k in _LOADS if k[0] == name]
+        # model_version(): "<folder>:<sha256>:<mtime>" (the folder may be gone already)
+        folders = {v.rsplit(":", 2)[0] for v in [version, *(k[1] for k in keys)] if v}
+        for folder in folders:
+            models().discard(folder)
+        _LOADED.pop(name, None)
+        for key in keys:
+            del _LOADS[key]
     refreeze_heap()  # collect it now (a frozen heap would keep it forever)
+
+
+def unload_all_models() -> int:
+    """Drop every loaded model (the admin's "Clear caches"); returns how many were loaded."""
+    from cvs_core.pool import models
+
+    n = models().discard()
+    with _LOAD_LOCK:
+        _LOADED.clear()
+        _LOADS.clear()
+    refreeze_heap()
+    return n
 
 
 def refreeze_heap():
@@ -96,14 +242,11 @@ def refreeze_heap():
 
 
 def codec_kind(name: str) -> str:
-    """The codec kind ("mask", "heatmap", "regression") of a registered model."""
-    return get_predictor(name).codec.kind
+    """The codec kind ("mask", "heatmap", "regression") of a registered model (from its manifest:
+    no load needed)."""
+    from cvs_core.registry import read_manifest, resolve_model
 
-
-def get_predictor(name: str):
-    """The process-wide Predictor of a registered model (loaded and warmed up once)."""
-    with st.spinner(f"Loading model **{name}** (once per server process)…"):
-        return _load_predictor(name, model_version(name))
+    return (read_manifest(resolve_model(name)).get("codec") or {}).get("kind", "")
 
 
 def with_preprocess(predictor, overrides: dict | None):
@@ -125,6 +268,62 @@ def no_models_message():
     c1, c2 = st.columns(2)
     c1.page_link("app_pages/training.py", label="Train a model", icon=":material/model_training:")
     c2.page_link("app_pages/models.py", label="Upload a model", icon=":material/deployed_code:")
+
+
+# ----------------------------------------------------------------------------- who is using the app
+def secrets() -> dict:
+    """The app's secrets as a plain dict ({} without a secrets file)."""
+    try:
+        return st.secrets.to_dict()
+    except Exception:  # noqa: BLE001 - no secrets.toml (Streamlit raises its own not-found error)
+        return {}
+
+
+def access_config():
+    from cvs_core import access
+
+    return access.load_access_config(secrets())
+
+
+def current_user():
+    """The session's :class:`cvs_core.access.User` (set by ``streamlit_app.py``; resolved here when a
+    page runs alone)."""
+    user = st.session_state.get("cvs_user")
+    if user is None:
+        from cvs_core import access
+
+        cfg = access_config()
+        logged_in = bool(st.user.get("is_logged_in", False)) if cfg.mode == "oidc" else False
+        user = access.resolve_user(cfg, email=st.user.get("email") if logged_in else None, logged_in=logged_in,
+                                   password_ok=bool(st.session_state.get("cvs_password_ok")),
+                                   server_address=st.get_option("server.address"))
+        st.session_state["cvs_user"] = user
+    return user
+
+
+def can(action: str, owner: str | None = None) -> bool:
+    """Whether the session's user may take ``action`` (``cvs_core.access.ACTIONS``)."""
+    from cvs_core import access
+
+    return access.can(current_user(), action, owner=owner)
+
+
+def require(action: str, owner: str | None = None) -> None:
+    """Raise ``access.AccessDenied`` (a PermissionError with a sentence) unless the user may."""
+    from cvs_core import access
+
+    access.require(current_user(), action, owner=owner)
+
+
+def denied_note(action: str, owner: str | None = None) -> str:
+    """Why the session's user may not take ``action`` (for a caption next to a disabled button)."""
+    from cvs_core import access
+
+    try:
+        access.require(current_user(), action, owner=owner)
+        return ""
+    except access.AccessDenied as exc:
+        return str(exc)
 
 
 # ----------------------------------------------------------------------------- samples & images
@@ -166,22 +365,35 @@ def load_phantom(seed: int, stage: int | None):
 
 # ----------------------------------------------------------------------------- predictions
 @st.cache_resource(show_spinner=False, max_entries=48)
-def _predict_cached(model: str, version: str, key: str, roi_json: str, overrides_json: str, _image):
+def _predict_cached(model: str, version: str, key: str, roi_json: str, overrides_json: str, spacing_mm, _image):
     import json
 
-    predictor = with_preprocess(_load_predictor(model, version), json.loads(overrides_json) or None)
+    from cvs_core.pool import models
+
+    overrides = json.loads(overrides_json) or None
     roi = json.loads(roi_json)
+    if spacing_mm is not None:  # the batcher takes no spacing: the model's own (thread-safe) Predictor
+        return with_preprocess(models().get(model), overrides).predict(_image, roi=roi, spacing_mm=spacing_mm)
+    # plain settings: the shared batcher (concurrent sessions' calls gathered into one model call)
+    predictor = with_preprocess(models().get(model), overrides) if overrides else models().get_batched(model)
     return predictor.predict(_image, roi=roi)
 
 
-def predict(model: str, inp: InputImage, roi, overrides: dict | None = None):
-    """One model's Prediction on an input (cached per model version, image, ROI and overrides)."""
+def predict(model: str, inp: InputImage, roi, overrides: dict | None = None, spacing_mm: float | None = None):
+    """One model's Prediction on an input (cached per model version, image, ROI, overrides and
+    spacing), in one of the session user's job slots (``limits.job_slot``; a LimitError is a
+    ValueError). ``roi``: as ``Predictor.predict`` (``"auto"``, ``"seed"``, a box, None);
+    ``spacing_mm``: mm per input pixel (``landmarks_mm``, the auto ROI's scale). Waits (spinner)
+    while the model loads: check ``predictor_status`` first to avoid that."""
     import json
 
+    from cvs_core import limits
+
     version = model_version(model)
-    get_predictor(model)  # shows the loading spinner the first time
-    return _predict_cached(model, version, inp.key, json.dumps(roi), json.dumps(overrides or {}, sort_keys=True),
-                           inp.image)
+    get_predictor(model)
+    with limits.job_slot(current_user().id):
+        return _predict_cached(model, version, inp.key, json.dumps(roi), json.dumps(overrides or {}, sort_keys=True),
+                               None if spacing_mm is None else float(spacing_mm), inp.image)
 
 
 # ----------------------------------------------------------------------------- system info
@@ -218,22 +430,62 @@ def _probe() -> _Probe:
     return _Probe()
 
 
+_PRELOADED = threading.Event()
+
+
+def preload_default_models() -> None:
+    """Once per process, after the first page has rendered: start loading the default models in the
+    background (the U-Net first: it is ready in about a second, the InceptionResNetV2 takes longer).
+    ``$CVS_PRELOAD_MODELS``: ``default`` (the default), ``none``, or comma-separated model names."""
+    if _PRELOADED.is_set():
+        return
+    _PRELOADED.set()
+    import os
+
+    setting = os.environ.get("CVS_PRELOAD_MODELS", "default").strip()
+    if setting.lower() in ("0", "none", "off", ""):
+        return
+    try:
+        names = model_names()
+        wanted = default_models(names) if setting == "default" else [
+            n.strip() for n in setting.split(",") if n.strip() in names]
+        for name in sorted(wanted, key=lambda n: _family(n) != "unet"):
+            start_loading(name)
+    except Exception:  # noqa: BLE001 - a broken model folder shows its error where it is used
+        pass
+
+
+def _family(name: str) -> str:
+    from cvs_core.architectures import family_of
+
+    return next((family_of(m.manifest) for m in model_infos() if m.name == name), "")
+
+
 def sidebar():
     """Device, backend, versions and loaded models. Called after the page ran (so models it loaded
-    are listed); while TensorFlow is still loading on the background thread the box polls every
-    second and re-runs the app once when the probe is done."""
+    are listed); while TensorFlow is still loading on the background thread, or a model is loading,
+    the box polls every second and re-runs the app once when that is done (so a page that showed
+    "loading" for a model draws its result)."""
     probe = _probe()
     with st.sidebar:
-        if probe.info is None:
+        if probe.info is None or loading_models():
             st.fragment(run_every=1.0)(_sidebar_status)(probe, True)
         else:
             _sidebar_status(probe, False)
+    preload_default_models()
+
+
+def _code(name: str) -> str:
+    """A user-supplied name as inline code in Markdown (control characters and backticks removed)."""
+    from cvs_core.access import safe_label
+
+    return "`" + safe_label(name).replace("`", "'") + "`"
 
 
 def _sidebar_status(probe, polling: bool):
     info = probe.info
-    if polling and info is not None:
-        st.rerun(scope="app")  # the probe finished: draw the final box and stop polling
+    if polling and info is not None and not loading_models():
+        st.rerun(scope="app")  # the probe / the loads finished: draw the final page and stop polling
     with st.container(border=True, key="sidebar_status"):
         if info is None:
             st.caption(":material/hourglass_top: probing device (TensorFlow loading)…")
@@ -247,9 +499,12 @@ def _sidebar_status(probe, polling: bool):
             st.caption(f"TensorFlow {info.get('tensorflow')} · Keras {info.get('keras')}")
         loaded = loaded_models()
         if loaded:
-            st.caption("Loaded: " + ", ".join(f"`{n}`" for n in sorted(loaded)))
+            st.caption("Loaded: " + ", ".join(_code(n) for n in sorted(loaded)))
         else:
             st.caption("No model loaded yet (models load on first use).")
+        pending = loading_models()
+        if pending:
+            st.caption(":material/hourglass_top: loading " + ", ".join(_code(n) for n in pending) + "…")
 
 
 # ----------------------------------------------------------------------------- small widgets

@@ -1,8 +1,8 @@
 """What the PCK evaluation screen shows, computed without Streamlit: tables, curves and thumbnails.
 
 Input: per model, a :class:`~cvs_core.evaluate.PredictionSet` (``pred``/``true`` ``(N, 19, 2)`` ROI
-px) and its score from :func:`cvs_core.evaluate.score` (a dict with ``summary``, ``errors_px``
-``(N, 19)`` and ``per_image``; or an object with ``to_dict()``).
+px) and its :class:`~cvs_core.evaluate.Score` from :func:`cvs_core.evaluate.score` (``to_dict()``:
+``summary``, ``errors_px`` ``(N, 19)`` and ``per_image``).
 """
 from __future__ import annotations
 
@@ -22,12 +22,6 @@ TRAINING_IMAGES_NOTE = ("LC (1) and LC (11) were in the shipped demo models' tra
                         "here measure memorisation, not accuracy on new patients (100 % is expected).")
 
 
-def as_dict(score) -> dict:
-    """``evaluate.score``'s result as a dict, whether it is a dict or a dataclass with ``to_dict()``."""
-    # ARCH: once evaluate.score returns a dataclass, call score.to_dict() directly
-    return score.to_dict() if hasattr(score, "to_dict") else score
-
-
 @dataclass
 class ModelScore:
     """One model's scores: summary dict, errors ``(N, 19)`` ROI px, per-image DataFrame, mask Dice."""
@@ -43,7 +37,7 @@ def score_model(pset, spacing_mm: float) -> ModelScore:
     from cvs_core.evaluate import score
     from cvs_core.viz import rendered_mask_dice
 
-    s = as_dict(score(pset, spacing_mm=float(spacing_mm), threshold_mm=2.0))
+    s = score(pset, spacing_mm=float(spacing_mm), threshold_mm=2.0).to_dict()
     return ModelScore(summary=s["summary"], errors_px=s["errors_px"], per_image=s["per_image"],
                       mask=rendered_mask_dice(pset.pred, pset.true))
 

@@ -10,17 +10,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cvs_core.train import ARCHITECTURES, TrainConfig, preset_defaults
+from cvs_core.architectures import ARCHITECTURES
+from cvs_core.train import TrainConfig, preset_defaults
 
 DEFAULT_ARCH = "unet_heatmap"   # the fast one; the study's unet_seed has 37.6 M parameters
 DEFAULT_SIZE = "tiny (fast demo)"
-# ARCH: take these from cvs_core.architectures.ARCHITECTURES[name].help
-ARCH_HELP = {
-    "unet_heatmap": "U-Net with 19 Gaussian heatmaps (improved; keeps landmark identity)",
-    "unet_seed": "the study's U-Net: one mask channel, Dice loss (37.6 M params)",
-    "inception_gap": "InceptionResNetV2 + global pooling, normalised coordinates (improved)",
-    "inception_seed": "the study's InceptionResNetV2: frozen backbone, Flatten head, raw pixel targets (215 M params)",
-}
+ARCH_HELP = {name: spec.help for name, spec in ARCHITECTURES.items()}  # one line per architecture for menus
 SIZES = {"tiny (fast demo)": dict(base_filters=8, depth=3), "small": dict(base_filters=16, depth=4), "full": {}}
 DATA_OPTIONS = ("Phantoms", "Bundled samples + phantoms", "Uploaded zip + phantoms")
 _NOISE = re.compile(r"(cuda|cuInit|cuDNN|cuBLAS|cuFFT|TensorRT|oneDNN|computation placer|XLA service|"
@@ -31,8 +26,17 @@ _NOISE = re.compile(r"(cuda|cuInit|cuDNN|cuBLAS|cuFFT|TensorRT|oneDNN|computatio
 
 def architectures() -> tuple[str, ...]:
     """Architectures for the form, the default (fast) one first."""
-    # ARCH: tuple(ARCHITECTURES) from cvs_core.architectures
     return (DEFAULT_ARCH,) + tuple(a for a in ARCHITECTURES if a != DEFAULT_ARCH)
+
+
+def takes_size_options(arch: str) -> bool:
+    """Whether the architecture's builder takes the :data:`SIZES` options (``base_filters``, ``depth``)."""
+    import inspect
+
+    from cvs_core.architectures import get_arch
+
+    params = inspect.signature(get_arch(arch).build_fn).parameters
+    return all(k in params for k in ("base_filters", "depth"))
 
 
 def form_defaults(arch: str, preset: str) -> dict:
@@ -104,8 +108,7 @@ def build_config(req: TrainRequest, samples_dir: Path) -> TrainConfig:
     kwargs = dict(model=req.arch, preset=req.preset, epochs=int(req.epochs), lr=float(req.lr),
                   batch_size=int(req.batch_size), augment=bool(req.augment), phantoms=int(req.phantoms),
                   val_phantoms=int(req.val_phantoms), seed=int(req.seed), name=name)
-    # ARCH: ARCHITECTURES[req.arch] should say whether the builder takes base_filters/depth
-    if req.arch == "unet_heatmap":
+    if takes_size_options(req.arch):
         kwargs["builder_kwargs"] = dict(SIZES[req.size])
     if req.data == DATA_OPTIONS[1]:
         kwargs["csv"], kwargs["images"] = samples_csv(samples_dir, runs.runs_dir())

@@ -407,8 +407,7 @@ def test_bug12_sidebar_lists_the_models_this_page_loaded(home):
     import importlib
 
     ui = importlib.import_module(f"{PAGES}.ui")
-    ui._load_predictor.clear()
-    ui.loaded_models.clear()
+    ui.unload_all_models()
     at = app(page_path("compare"))
     assert not at.error
     sidebar = "\n".join(c.value for c in at.sidebar.caption)
@@ -467,3 +466,295 @@ def test_clahe_lab_student_tools(home):
     assert any("clip limit" in e.label for e in at.expander)
     at.radio(key="lab_source").set_value("Sample full cephalogram").run()
     assert not at.exception and not at.error
+
+
+# ----------------------------------------------------------------------------- hosted lab (issue 14)
+def _fake_runs(home):
+    """Two runs without training: one 'running' (a sleeping child process as its pid, owned by alice)
+    and one 'interrupted' (resumable, owned by the shared password user). Returns (ids, the child)."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from cvs_core import runs
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    made = {}
+    for run_id, status, owner, pid in (("20261129-000001-unet_heatmap-aaaa", "running", "alice@lab.org", child.pid),
+                                       ("20261129-000002-unet_heatmap-bbbb", "interrupted", "shared", None)):
+        d = runs.runs_dir() / run_id
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps({"model": "unet_heatmap", "epochs": 3}))
+        (d / "status.json").write_text(json.dumps({"status": status, "epoch": 1, "epochs": 3,
+                                                   "error": "process exited" if pid is None else None}))
+        info = {"id": run_id, "owner": owner, "created": run_id[:15], "model": "unet_heatmap"}
+        if pid:
+            info.update(pid=pid, start_ticks=runs._proc_start_ticks(pid), host=socket.gethostname())
+        (d / "run.json").write_text(json.dumps(info))
+        made[status] = run_id
+    return made, child
+
+
+def _button_keys(at) -> set:
+    return {b.key for b in at.button if b.key}
+
+
+def test_anonymous_user_with_a_password_configured_can_take_no_gated_action(home):
+    """Password mode, password not entered: viewing works, but no start/cancel/resume/delete run,
+    upload/delete model or clear-cache control is usable — and the start handler refuses by itself."""
+    import shutil
+
+    from cvs_core import runs
+    from streamlit.testing.v1 import AppTest
+
+    made, child = _fake_runs(home)
+    try:
+        at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+        at.secrets["access"] = {"password": "s3cret"}
+        at.run()
+        assert not at.exception, at.exception
+        assert any("enter the lab password" in c.value for c in at.sidebar.caption)
+        at.switch_page(page_path("training")).run()
+        assert not at.exception, at.exception
+        start = next(b for b in at.button if b.label == "Start training")
+        assert start.disabled
+        for run_id in made.values():
+            at.selectbox(key="tr_selected").set_value(run_id).run()
+            keys = _button_keys(at)
+            assert not {f"cancel_{run_id}", f"delete_{run_id}", f"resume_{run_id}"} & keys, keys
+        n_runs = len(runs.list_runs())
+        start.proto.disabled = False  # a forged click (hand-written websocket message) starts nothing either
+        start.click().run()
+        assert not at.exception and len(runs.list_runs()) == n_runs
+
+        at.switch_page(page_path("models")).run()
+        assert not at.exception, at.exception
+        assert next(b for b in at.button if b.label == "Register uploaded model").disabled
+        at.selectbox(key="models_pick").set_value("tiny_unet").run()
+        assert not {"models_delete", "models_clear_cache"} & _button_keys(at)
+        assert any("needs" in c.value or "not signed in" in c.value for c in at.caption)
+
+        # the right password unlocks the trainer's actions (own runs only: not alice's)
+        at.sidebar.text_input(key="cvs_password").set_value("s3cret")
+        next(b for b in at.sidebar.button if b.label == "Unlock").click().run()
+        at.switch_page(page_path("training")).run()
+        assert not next(b for b in at.button if b.label == "Start training").disabled
+        at.selectbox(key="tr_selected").set_value(made["interrupted"]).run()
+        assert {f"resume_{made['interrupted']}", f"delete_{made['interrupted']}"} <= _button_keys(at)
+        assert any(":material/power_off:" in m.value for m in at.markdown)  # the 'interrupted' icon
+        at.selectbox(key="tr_selected").set_value(made["running"]).run()
+        assert f"cancel_{made['running']}" not in _button_keys(at)  # alice's run
+    finally:
+        child.kill()
+        child.wait()
+        for run_id in made.values():
+            shutil.rmtree(runs.runs_dir() / run_id, ignore_errors=True)
+            runs._db_delete(run_id)
+
+
+def test_local_mode_admin_sees_resume_for_an_interrupted_run(home):
+    import shutil
+
+    from cvs_core import runs
+
+    made, child = _fake_runs(home)
+    try:
+        at = app(page_path("training"))
+        at.selectbox(key="tr_selected").set_value(made["interrupted"]).run()
+        assert f"resume_{made['interrupted']}" in _button_keys(at)
+        assert any("cvs train --resume --out" in c.value for c in at.code)
+        at.selectbox(key="tr_selected").set_value(made["running"]).run()
+        assert f"cancel_{made['running']}" in _button_keys(at)  # admin: anyone's run
+    finally:
+        child.kill()
+        child.wait()
+        for run_id in made.values():
+            shutil.rmtree(runs.runs_dir() / run_id, ignore_errors=True)
+            runs._db_delete(run_id)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _StreamlitClient:
+    """A minimal browser stand-in on Streamlit's websocket (``/_stcore/stream``): BackMsg protobufs
+    out, ForwardMsg protobufs in — what the frontend sends for a rerun and for the menu's
+    "Clear cache" (``BackMsg.clear_cache = true``)."""
+
+    def __init__(self, port: int):
+        from websockets.sync.client import connect
+
+        self.ws = connect(f"ws://127.0.0.1:{port}/_stcore/stream", subprotocols=["streamlit"],
+                          origin=f"http://127.0.0.1:{port}", open_timeout=30, max_size=None)
+
+    def send(self, **fields):
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+
+        msg = BackMsg()
+        for k, v in fields.items():
+            if k == "rerun_script":
+                msg.rerun_script.query_string = ""
+                msg.rerun_script.page_script_hash = ""
+            else:
+                setattr(msg, k, v)
+        self.ws.send(msg.SerializeToString())
+
+    def rerun(self, timeout: float = 90.0) -> bytes:
+        """Run the app's default page; returns the raw ForwardMsgs of that run (text is in clear)."""
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        self.send(rerun_script=True)
+        got, end = [], time.monotonic() + timeout
+        while time.monotonic() < end:
+            raw = self.ws.recv(timeout=max(0.1, end - time.monotonic()))
+            got.append(raw)
+            msg = ForwardMsg()
+            msg.ParseFromString(raw)
+            if msg.WhichOneof("type") == "script_finished":
+                return b"".join(got)
+        raise AssertionError("the script run did not finish")
+
+    def close(self):
+        self.ws.close()
+
+
+def test_clear_cache_from_one_browser_does_not_unload_models_for_others(home, tmp_path):
+    """A real server on 127.0.0.1: client A's session has the models loaded; client B sends the
+    websocket message the page menu's "Clear cache" sends; A's next run still has them loaded
+    (models live in cvs_core.pool, outside Streamlit's caches)."""
+    import subprocess
+    import sys
+
+    port = _free_port()
+    env = dict(os.environ, CVS_HOME=str(home), PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2",
+               CVS_PRELOAD_MODELS="tiny_unet,mean_shape")
+    log = open(tmp_path / "server.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
+                             "--server.address", "127.0.0.1", "--server.headless", "true"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    a = b = None
+    try:
+        end = time.monotonic() + 90
+        while True:
+            try:
+                a = _StreamlitClient(port)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < end, (tmp_path / "server.log").read_text()[-2000:]
+                time.sleep(0.5)
+        loaded = b"Loaded: `mean_shape`, `tiny_unet`"
+        end = time.monotonic() + 120
+        while loaded not in a.rerun():  # the first run starts the background loads
+            assert time.monotonic() < end, "the models never finished loading"
+            time.sleep(1.0)
+        b = _StreamlitClient(port)
+        b.rerun()
+        b.send(clear_cache=True)
+        assert b"No model loaded yet" not in b.rerun()
+        out = a.rerun()
+        assert loaded in out and b"No model loaded yet" not in out
+    finally:
+        for c in (a, b):
+            if c is not None:
+                c.close()
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_models_load_in_the_background_and_keras_state_survives_reruns(home):
+    """ui.get_predictor(name, wait=False) returns at once (None while loading); predictor_status goes
+    loading → ready; the model comes from cvs_core.pool; Streamlit's after-run hook no longer clears
+    the Keras session (issue 15)."""
+    import importlib
+
+    from cvs_core.pool import models
+    from streamlit.runtime.scriptrunner import script_runner
+
+    ui = importlib.import_module(f"{PAGES}.ui")
+    assert getattr(script_runner._clean_problem_modules, "_keeps_keras", False)
+    import threading
+
+    ui.unload_all_models()
+    gate = threading.Event()
+    ui._LOADER.submit(gate.wait, 30)  # hold the load thread so "loading" is observed for sure
+    assert ui.get_predictor("mean_shape", wait=False) is None
+    assert ui.predictor_status("mean_shape") == "loading" and ui.loading_models() == ["mean_shape"]
+    gate.set()
+    predictor = ui.get_predictor("mean_shape")  # waits
+    assert ui.predictor_status("mean_shape") == "ready"
+    assert predictor is models().get("mean_shape") and ui.get_predictor("mean_shape", wait=False) is predictor
+    assert "mean_shape" in ui.loaded_models()
+
+
+def test_a_replaced_model_folder_loads_its_new_weights(home):
+    """The pool keys models by folder; when a model's files are replaced (new weights, same name),
+    ui drops the old Predictor and loads the new one."""
+    import importlib
+    import json
+    import shutil
+
+    from cvs_core import registry
+    from cvs_core.pool import models
+
+    ui = importlib.import_module(f"{PAGES}.ui")
+    dst = registry.user_models_dir() / "swapped"
+    shutil.copytree(registry.user_models_dir() / "mean_shape", dst)
+    man = json.loads((dst / "manifest.json").read_text())
+    man["name"] = "swapped"
+    (dst / "manifest.json").write_text(json.dumps(man))
+    try:
+        old = ui.get_predictor("swapped")
+        time.sleep(0.01)
+        shutil.copy(registry.user_models_dir() / "tiny_unet" / "model.keras", dst / "model.keras")
+        man.update(json.loads((registry.user_models_dir() / "tiny_unet" / "manifest.json").read_text()), name="swapped")
+        (dst / "manifest.json").write_text(json.dumps(man))
+        new = ui.get_predictor("swapped")
+        assert new is not old and new.codec.kind == "heatmap" and old.codec.kind == "regression"
+    finally:
+        registry.delete_model("swapped")
+        ui.forget_model("swapped", "")  # the version is unknown after deleting: the folder comes from the load
+        assert "swapped" not in ui.loaded_models() and not any(p.endswith("/swapped") for p in models().loaded())
+
+
+def test_predict_with_spacing_uses_the_plain_predictor(home):
+    """ui.predict's spacing_mm (for mm output / the auto ROI's scale) reaches Predictor.predict."""
+    import importlib
+    import json
+
+    ui = importlib.import_module(f"{PAGES}.ui")
+    image = np.full((96, 40), 128, np.uint8)
+    version = ui.model_version("mean_shape")
+    ui.get_predictor("mean_shape")
+    with_mm = ui._predict_cached("mean_shape", version, "flat", json.dumps(None), "{}", 0.25, image)
+    plain = ui._predict_cached("mean_shape", version, "flat", json.dumps(None), "{}", None, image)
+    assert with_mm.landmarks_mm is not None and plain.landmarks_mm is None
+    assert np.allclose(with_mm.landmarks, plain.landmarks)
+
+
+def test_anonymous_user_with_sign_in_configured_can_take_no_gated_action(home):
+    """OpenID Connect mode ([auth] in the secrets), nobody signed in: a Sign-in button, and every
+    gated control is disabled or absent."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.secrets["auth"] = {"redirect_uri": "http://127.0.0.1:8501/oauth2callback", "cookie_secret": "x" * 32,
+                          "client_id": "lab", "client_secret": "secret",
+                          "server_metadata_url": "https://id.example.org/.well-known/openid-configuration"}
+    at.secrets["roles"] = {"alice@lab.org": "admin"}
+    at.run()
+    assert not at.exception, at.exception
+    assert any(b.label == "Sign in" for b in at.sidebar.button)
+    at.switch_page(page_path("training")).run()
+    assert next(b for b in at.button if b.label == "Start training").disabled
+    at.switch_page(page_path("models")).run()
+    assert not at.exception, at.exception
+    assert next(b for b in at.button if b.label == "Register uploaded model").disabled
+    at.selectbox(key="models_pick").set_value("tiny_unet").run()
+    assert not {"models_delete", "models_clear_cache"} & _button_keys(at)

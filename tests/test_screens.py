@@ -122,6 +122,8 @@ def test_train_request_defaults_names_and_lab_settings(tmp_path, monkeypatch, sa
     assert tr.architectures()[0] == "unet_heatmap"
     assert tr.form_defaults("inception_gap", "improved")["lr"] == pytest.approx(3e-4)
     assert tr.form_defaults("unet_seed", "seed")["epochs"] == 1000
+    assert tr.takes_size_options("unet_heatmap") and not tr.takes_size_options("unet_seed")
+    assert set(tr.ARCH_HELP) == set(tr.architectures()) and all(tr.ARCH_HELP.values())
     monkeypatch.setattr(tr, "model_name_taken", lambda n: n in ("taken", "taken_2"))
     assert tr.free_model_name("taken") == "taken_3" and tr.free_model_name("new") == "new"
     with pytest.raises(ValueError, match="registered already"):
