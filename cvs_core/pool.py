@@ -40,9 +40,13 @@ class ModelPool:
 
     @staticmethod
     def key(name_or_dir: str | Path) -> tuple[str, str]:
-        from cvs_core.registry import MANIFEST, read_json, resolve_model
-        folder = resolve_model(name_or_dir)
-        return str(Path(folder).resolve()), str(read_json(Path(folder) / MANIFEST).get("sha256", ""))
+        """(folder, version): the version changes when the manifest's weights checksum or the
+        weights file itself (its modification time) changes, so a replaced model loads afresh."""
+        from cvs_core.registry import MANIFEST, WEIGHTS, read_json, resolve_model
+        folder = Path(resolve_model(name_or_dir)).resolve()
+        weights = folder / WEIGHTS
+        stamp = weights.stat().st_mtime_ns if weights.is_file() else 0
+        return str(folder), f"{read_json(folder / MANIFEST).get('weights_sha256', '')}:{stamp}"
 
     def get(self, name_or_dir: str | Path):
         """The loaded model for a name or folder (loading it on first use)."""

@@ -177,7 +177,7 @@ def test_model_pool_is_bounded_shared_and_survives_streamlit_cache_clears(tmp_pa
     for i in range(3):
         d = tmp_path / f"m{i}"
         d.mkdir()
-        (d / "manifest.json").write_text(json.dumps({"name": f"m{i}", "sha256": f"{i}"}))
+        (d / "manifest.json").write_text(json.dumps({"name": f"m{i}", "weights_sha256": f"{i}"}))
         folders.append(d)
     loads = []
 
@@ -199,8 +199,8 @@ def test_model_pool_is_bounded_shared_and_survives_streamlit_cache_clears(tmp_pa
     gc.collect()
     assert first() is None  # … and really freed
     assert [Path(p).name for p in pool.loaded()] == ["m1", "m2"]
-    # a replaced model (new sha256) loads afresh; discard drops a deleted model
-    (folders[2] / "manifest.json").write_text(json.dumps({"name": "m2", "sha256": "new"}))
+    # a replaced model (new weights_sha256, the key the registry writes) loads afresh; discard drops a deleted model
+    (folders[2] / "manifest.json").write_text(json.dumps({"name": "m2", "weights_sha256": "new"}))
     pool.get(folders[2])
     assert loads[-1] == "m2" and len(loads) == 4
     assert pool.discard(folders[2]) == 2 and pool.discard(folders[2]) == 0  # both versions were held
