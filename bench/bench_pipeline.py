@@ -94,7 +94,7 @@ def default_model(workdir: Path, tiny: bool = False) -> tuple[Path, str]:
     from cvs_core.codecs import HeatmapCodec
     from cvs_core.networks import build_model
     from cvs_core.registry import base_manifest, save_model_folder
-    from cvs_core.train import improved_unet_preprocess
+    from cvs_core.architectures import improved_unet_preprocess
 
     pre = improved_unet_preprocess()
     kwargs = dict(input_size=tuple(pre.input_size), base_filters=16, depth=4)

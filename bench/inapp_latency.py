@@ -46,34 +46,10 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 
 def keep_tf_kernels_across_reruns() -> bool:
-    """Stop Streamlit from calling ``keras.backend.clear_session()`` after every script run.
-
-    Streamlit's ``script_runner._clean_problem_modules`` (run after each script run) clears Keras'
-    global state, which empties TensorFlow's kernel cache: every compiled model graph is thrown
-    away and rebuilt on the next call. This replaces it with a version that only closes matplotlib
-    figures (the other half of what Streamlit does there). Idempotent; returns True when patched,
-    False when this Streamlit version has no such hook (nothing to do)."""
-    try:
-        from streamlit.runtime.scriptrunner import script_runner
-    except ImportError:  # pragma: no cover - other Streamlit layouts
-        return False
-    current = getattr(script_runner, "_clean_problem_modules", None)
-    if current is None:
-        return False
-    if getattr(current, "_keeps_keras", False):
-        return True
-
-    def _clean_problem_modules() -> None:
-        plt = sys.modules.get("matplotlib.pyplot")
-        if plt is not None:
-            try:
-                plt.close("all")
-            except Exception:  # noqa: BLE001 - as Streamlit: never crash the app here
-                pass
-
-    _clean_problem_modules._keeps_keras = True
-    script_runner._clean_problem_modules = _clean_problem_modules
-    return True
+    """The app's fix (``app_pages/tf_patch.py``), imported from there so the bench measures it."""
+    sys.path.insert(0, str(REPO))
+    from app_pages.tf_patch import keep_tf_kernels_across_reruns as patch
+    return patch()
 
 
 APP = """

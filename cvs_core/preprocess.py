@@ -272,16 +272,23 @@ def scale_pixels(grey: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     return x
 
 
-def preprocess(image: np.ndarray, config: PreprocessConfig) -> Preprocessed:
-    """Greyscale ``(H, W)`` (uint8, or wider and then range-scaled) → :class:`Preprocessed`."""
+def greyscale_2d(image: np.ndarray, purpose: str, min_side: int, hint: str = "") -> np.ndarray:
+    """``(H, W)`` or ``(H, W, 1)`` → ``(H, W)`` (same dtype); a ``ValueError`` naming ``purpose``
+    for any other shape or a side shorter than ``min_side``."""
     grey = np.asarray(image)
     if grey.ndim == 3 and grey.shape[2] == 1:
         grey = grey[..., 0]
     if grey.ndim != 2:
-        raise ValueError(f"preprocess expects a greyscale (H, W) image, got shape {grey.shape}")
-    if min(grey.shape) < 8:
-        raise ValueError(f"image of {grey.shape[1]}×{grey.shape[0]} px is too small (at least 8×8 needed)")
-    grey = to_uint8(grey)
+        raise ValueError(f"{purpose} expects a greyscale (H, W) image, got shape {grey.shape}")
+    if min(grey.shape) < min_side:
+        raise ValueError(f"image of {grey.shape[1]}×{grey.shape[0]} px is too small for {purpose} "
+                         f"(at least {min_side}×{min_side} needed{hint})")
+    return grey
+
+
+def preprocess(image: np.ndarray, config: PreprocessConfig) -> Preprocessed:
+    """Greyscale ``(H, W)`` (uint8, or wider and then range-scaled) → :class:`Preprocessed`."""
+    grey = to_uint8(greyscale_2d(image, "preprocess", 8))
     roi, roi_affine = select_roi(grey, config)
     if config.resize_first:
         resized, resize_m = resize_to_input(roi, config)

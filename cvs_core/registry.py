@@ -13,7 +13,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from cvs_core.fileio import (read_json, sha256_file, to_jsonable, write_json_atomic,  # noqa: F401 (re-exported)
                              write_text_atomic)

@@ -317,17 +317,11 @@ class AutoRoi:
 
     def find(self, image: np.ndarray, spacing_mm: float | None = None) -> RoiResult:
         """Greyscale ``(H, W)`` full cephalogram → :class:`RoiResult`. ``spacing_mm``: mm per input px."""
-        from cvs_core.preprocess import to_uint8
+        from cvs_core.preprocess import greyscale_2d, to_uint8
 
         t0 = time.perf_counter()
-        grey = np.asarray(image)
-        if grey.ndim == 3 and grey.shape[2] == 1:
-            grey = grey[..., 0]
-        if grey.ndim != 2:
-            raise ValueError(f"auto ROI expects a greyscale (H, W) image, got shape {grey.shape}")
-        if min(grey.shape) < 64:
-            raise ValueError(f"image of {grey.shape[1]}×{grey.shape[0]} px is too small for an automatic ROI "
-                             "(it needs a full cephalogram; pass roi='none' for an image that already is the ROI)")
+        grey = greyscale_2d(image, "an automatic ROI", 64,
+                            hint="; it needs a full cephalogram: pass roi='none' for an image that already is the ROI")
         grey = to_uint8(grey)
         h, w = grey.shape
         cfg = self.config

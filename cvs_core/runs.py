@@ -547,14 +547,7 @@ def delete_run(run_id: str) -> None:
 
 
 # ----------------------------------------------------------------------------- uploaded datasets
-# Defaults only; the limits in force come from cvs_core.limits.limits() (CVS_LIMIT_* variables).
-MAX_ZIP_BYTES = 500 * 2 ** 20        # compressed upload
-MAX_UNPACKED_BYTES = 1 * 2 ** 30     # all members together, uncompressed
-MAX_MEMBERS = 20_000
-MAX_RATIO = 200                      # uncompressed / compressed, per member (zip bombs)
-MAX_TOTAL_RATIO = 50                 # uncompressed / compressed, whole archive
-
-
+# The limits in force come from cvs_core.limits.limits() (CVS_LIMIT_* variables).
 class DatasetZipError(ValueError):
     """An uploaded dataset zip that cannot be used; the message says why."""
 
@@ -574,55 +567,75 @@ def _safe_member_path(name: str) -> PurePosixPath | None:
     return p
 
 
+def open_checked_zip(data: bytes) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]:
+    """Open an uploaded zip after the whole-archive checks (compressed size, member count, declared
+    unpacked size, overall compression ratio). Raises :class:`DatasetZipError` naming the limit."""
+    from cvs_core.limits import limits
+    lim = limits()
+    if len(data) > lim.max_zip_bytes:
+        raise DatasetZipError(f"the zip is {len(data) / 2**20:.0f} MB; the limit is {lim.max_zip_bytes // 2**20} MB "
+                              f"(CVS_LIMIT_MAX_ZIP_BYTES)")
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as exc:
+        raise DatasetZipError(f"not a valid zip file: {exc}") from None
+    members = zf.infolist()
+    if len(members) > lim.max_zip_members:
+        raise DatasetZipError(f"the zip has {len(members)} entries; the limit is {lim.max_zip_members}")
+    declared = sum(m.file_size for m in members)
+    if declared > lim.max_unpacked_bytes:
+        raise DatasetZipError(f"the zip unpacks to {declared / 2**30:.2f} GB; the limit is "
+                              f"{lim.max_unpacked_bytes / 2**30:.2f} GB (CVS_LIMIT_MAX_UNPACKED_BYTES)")
+    if declared > 10 * 2 ** 20 and declared / max(1, len(data)) > lim.max_zip_total_ratio:
+        raise DatasetZipError(f"the zip unpacks to {declared / max(1, len(data)):.0f}× its size (limit "
+                              f"{lim.max_zip_total_ratio:g}:1, CVS_LIMIT_MAX_ZIP_TOTAL_RATIO) — refusing a "
+                              f"possible zip bomb; images are already compressed, so a real dataset is near 1:1")
+    return zf, members
+
+
+def checked_member_path(m: zipfile.ZipInfo) -> PurePosixPath | None:
+    """A member's safe relative path (None for folders and ``__MACOSX``); raises
+    :class:`DatasetZipError` for absolute or escaping paths, symlinks and zip-bomb ratios."""
+    from cvs_core.limits import limits
+    rel = _safe_member_path(m.filename)
+    if rel is None:
+        return None
+    if (m.external_attr >> 16) & 0o170000 == 0o120000:
+        raise DatasetZipError(f"zip member {m.filename!r} is a symbolic link")
+    ratio = limits().max_zip_member_ratio
+    if m.file_size > 1024 and m.compress_size and m.file_size / m.compress_size > ratio:
+        raise DatasetZipError(f"zip member {m.filename!r} is compressed {m.file_size // m.compress_size}:1 "
+                              f"(limit {ratio:g}:1) — refusing a possible zip bomb")
+    return rel
+
+
 def extract_dataset_zip(data: bytes, dest_root: Path | None = None) -> tuple[Path, Path]:
     """Safely extract an uploaded dataset zip (one study-format CSV + its images).
 
-    Rejects absolute paths and ``..``, symlinks, more than ``MAX_MEMBERS`` files, a total
-    uncompressed size over ``MAX_UNPACKED_BYTES`` and members compressed more than ``MAX_RATIO``:1
-    (zip bombs); sizes are counted while extracting, not trusted from the header. Extracts into
+    Rejects absolute paths and ``..``, symlinks, too many members, a total uncompressed size over
+    the limit and members compressed beyond the ratio limit (zip bombs; :func:`open_checked_zip`,
+    :func:`checked_member_path`); sizes are counted while extracting, not trusted from the header. Extracts into
     ``dest_root/<sha256 prefix>/`` (default ``$CVS_HOME/uploads``); the same zip extracts once.
     Returns ``(csv path, image folder)``: the CSV (``labels.csv`` preferred, else the only/shallowest
     ``.csv``) and the folder holding the images its ``image_name`` column names."""
     from cvs_core.limits import limits
-    lim = limits()
-    max_unpacked = lim.max_unpacked_bytes
-    if len(data) > lim.max_zip_bytes:
-        raise DatasetZipError(f"the zip is {len(data) / 2**20:.0f} MB; the limit is {lim.max_zip_bytes // 2**20} MB "
-                              f"(CVS_LIMIT_MAX_ZIP_BYTES)")
+    max_unpacked = limits().max_unpacked_bytes
+    if len(data) > limits().max_zip_bytes:  # before hashing a huge upload
+        open_checked_zip(data)
     digest = hashlib.sha256(data).hexdigest()[:16]
     root = Path(dest_root) if dest_root else cvs_home() / "uploads"
     dest = root / digest
     if not (dest / ".complete").is_file():
-        try:
-            zf = zipfile.ZipFile(io.BytesIO(data))
-        except zipfile.BadZipFile as exc:
-            raise DatasetZipError(f"not a valid zip file: {exc}") from None
-        members = zf.infolist()
-        if len(members) > lim.max_zip_members:
-            raise DatasetZipError(f"the zip has {len(members)} entries; the limit is {lim.max_zip_members}")
-        declared = sum(m.file_size for m in members)
-        if declared > max_unpacked:
-            raise DatasetZipError(f"the zip unpacks to {declared / 2**30:.2f} GB; the limit is "
-                                  f"{max_unpacked / 2**30:.2f} GB (CVS_LIMIT_MAX_UNPACKED_BYTES)")
-        if declared > 10 * 2 ** 20 and declared / max(1, len(data)) > lim.max_zip_total_ratio:
-            raise DatasetZipError(f"the zip unpacks to {declared / max(1, len(data)):.0f}× its size (limit "
-                                  f"{lim.max_zip_total_ratio:g}:1, CVS_LIMIT_MAX_ZIP_TOTAL_RATIO) — refusing a "
-                                  f"possible zip bomb; images are already compressed, so a real dataset is near 1:1")
+        zf, members = open_checked_zip(data)
         tmp = root / f".{digest}.{os.getpid()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         total = 0
         try:
             for m in members:
-                rel = _safe_member_path(m.filename)
+                rel = checked_member_path(m)
                 if rel is None:
                     continue
-                if (m.external_attr >> 16) & 0o170000 == 0o120000:
-                    raise DatasetZipError(f"zip member {m.filename!r} is a symbolic link")
-                if (m.file_size > 1024 and m.compress_size
-                        and m.file_size / m.compress_size > lim.max_zip_member_ratio):
-                    raise DatasetZipError(f"zip member {m.filename!r} is compressed {m.file_size // m.compress_size}:1 "
-                                          f"(limit {lim.max_zip_member_ratio:g}:1) — refusing a possible zip bomb")
                 target = tmp.joinpath(*rel.parts)
                 if not str(target.resolve()).startswith(str(tmp.resolve()) + os.sep):
                     raise DatasetZipError(f"zip member {m.filename!r} points outside the archive")

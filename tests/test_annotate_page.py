@@ -4,7 +4,6 @@ Uses a temporary CVS_HOME and the shipped ``unet_heatmap`` model for the predict
 drag is simulated by putting its trigger value into session state (what the browser sends)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np

@@ -11,7 +11,7 @@ import pytest
 
 from cvs_core import calibration, staging
 from cvs_core.annotations import SCHEME_13_ABSENT, AnnotationError, read_annotations, write_annotations
-from cvs_core.staging import DERIVED_FROM_CORNERS, StagingConfig
+from cvs_core.staging import StagingConfig
 
 # The thresholds the synthetic set is generated with (none equals a textbook value).
 TRUE = dict(concavity_ratio_c2=0.035, concavity_ratio_c3=0.045, concavity_ratio_c4=0.10, trapezoid_ratio=0.78,

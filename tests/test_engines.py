@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -94,12 +93,13 @@ def test_streamlit_patch_keeps_the_keras_session(monkeypatch):
     import keras
     from streamlit.runtime.scriptrunner import script_runner
 
-    sys.path.insert(0, str(REPO / "bench"))
-    from inapp_latency import keep_tf_kernels_across_reruns
+    from app_pages.tf_patch import keep_tf_kernels_across_reruns
 
     calls = []
     monkeypatch.setattr(keras.backend, "clear_session", lambda *a, **k: calls.append(1))
-    monkeypatch.setattr(script_runner, "_clean_problem_modules", script_runner._clean_problem_modules)
+    # the app's pages may have patched this process already (AppTest runs them in-process)
+    stock = getattr(script_runner._clean_problem_modules, "_original", script_runner._clean_problem_modules)
+    monkeypatch.setattr(script_runner, "_clean_problem_modules", stock)
     script_runner._clean_problem_modules()
     assert calls == [1]  # Streamlit as shipped clears the session after a script run
     assert keep_tf_kernels_across_reruns() is True

@@ -8,7 +8,7 @@ import pytest
 from cvs_core import compare, lab, model_view
 from cvs_core.landmarks import MEAN_SHAPE_ROI
 from cvs_core.predict import Prediction
-from cvs_core.preprocess import PreprocessConfig, apply_affine, preprocess, seed_roi_affine
+from cvs_core.preprocess import PreprocessConfig, apply_affine, preprocess
 
 
 def _prediction(image, roi_landmarks, roi="none", name="m"):
