@@ -28,6 +28,7 @@ run: $(STAMP)
 	$(VENV)/bin/streamlit run streamlit_app.py --server.port 8501
 
 test: $(STAMP) browser
+	$(PY) -m cvs_core.cli ensure-models
 	$(PY) -m pytest -q -ra
 
 test-fast: $(STAMP)

@@ -58,7 +58,7 @@ def test_inception_gap_small_input(monkeypatch, tmp_path):
 def test_build_model_unknown_name():
     with pytest.raises(ValueError, match="unknown architecture"):
         build_model("resnet_nope")
-    assert set(BUILDERS) == {"unet_seed", "unet_heatmap", "inception_seed", "inception_gap"}
+    assert set(BUILDERS) == {"unet_seed", "unet_heatmap", "inception_seed", "inception_gap", "inception_integral"}
 
 
 def test_imagenet_weights_path_env_and_cache(monkeypatch, tmp_path):
