@@ -85,7 +85,7 @@ def run_dir(run_id: str) -> Path:
 
 
 # ----------------------------------------------------------------------------- run registry (SQLite)
-_COLUMNS = ("id", "dir", "status", "pid", "start_ticks", "host", "owner", "created", "heartbeat", "epoch",
+_COLUMNS = ("id", "dir", "status", "pid", "start_time", "host", "owner", "created", "heartbeat", "epoch",
             "epochs", "best", "error", "resumes", "model")
 
 
@@ -102,8 +102,12 @@ def _db() -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA busy_timeout=30000")
     conn.execute("CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, dir TEXT NOT NULL, status TEXT, pid INTEGER, "
-                 "start_ticks INTEGER, host TEXT, owner TEXT, created TEXT, heartbeat REAL, epoch INTEGER, "
+                 "start_time REAL, host TEXT, owner TEXT, created TEXT, heartbeat REAL, epoch INTEGER, "
                  "epochs INTEGER, best REAL, error TEXT, resumes INTEGER DEFAULT 0, model TEXT)")
+    have = {row["name"] for row in conn.execute("PRAGMA table_info(runs)")}
+    for column, kind in (("start_time", "REAL"),):  # registries written by earlier versions
+        if column not in have:
+            conn.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
     return conn
 
 
@@ -196,7 +200,7 @@ def track_cli_run(out_dir: Path, config, resume: bool = False, owner: str | None
     if info.get("pid") and info["pid"] != pid and _alive(run_id, info):
         raise ValueError(f"run {run_id} ({d}) is already being trained by process {info['pid']}; "
                          f"cancel it first or use another --out")
-    info.update({"id": run_id, "pid": pid, "pgid": os.getpgid(pid), "start_ticks": _proc_start_ticks(pid),
+    info.update({"id": run_id, "pid": pid, "pgid": os.getpgid(pid), "start_time": _proc_start_time(pid),
                  "host": socket.gethostname(), "model": config.model, "name": config.name,
                  "cancel_requested": False, "cmd": info.get("cmd") or sys.argv})
     info.setdefault("created", _dt.datetime.now().isoformat(timespec="seconds"))
@@ -204,7 +208,7 @@ def track_cli_run(out_dir: Path, config, resume: bool = False, owner: str | None
         info["owner"] = owner or info.get("owner") or os.environ.get("CVS_RUN_OWNER") or _local_user()
     write_json_atomic(d / "run.json", info)
     resumes = int(previous.get("resumes") or 0) + (1 if resume and previous else 0)
-    _db_upsert(run_id, dir=str(d), pid=pid, start_ticks=info["start_ticks"], host=info["host"], owner=info["owner"],
+    _db_upsert(run_id, dir=str(d), pid=pid, start_time=info["start_time"], host=info["host"], owner=info["owner"],
                created=info["created"], heartbeat=time.time(), status="starting", epochs=config.epochs,
                error=None, resumes=resumes, model=config.model)
     hb = _Heartbeat(run_id, d)
@@ -235,29 +239,20 @@ def _local_user() -> str:
 
 
 # ----------------------------------------------------------------------------- process bookkeeping
-def _proc_start_ticks(pid: int) -> int | None:
-    """Start time of a process in clock ticks since boot (Linux ``/proc/<pid>/stat`` field 22), or None."""
+def _proc_start_time(pid: int) -> float | None:
+    """A process's start time (seconds since the epoch, ``psutil``), or None when it is gone.
+    Together with the pid it tells a run's process from a later one that reused the pid."""
+    import psutil
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, ValueError):
         return None
-    fields = stat[stat.rfind(")") + 2:].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def _proc_state(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rfind(")") + 2:].split()[0]
 
 
 def _alive(run_id: str, info: dict) -> bool:
     """Whether the run's process is still running (zombies and reused pids count as gone)."""
+    import psutil
+
     child = _CHILDREN.get(run_id)
     if child is not None and child.pid == info.get("pid"):
         return child.poll() is None
@@ -267,24 +262,22 @@ def _alive(run_id: str, info: dict) -> bool:
     if info.get("host") and info["host"] != socket.gethostname():  # another machine: only the heartbeat tells
         row = _db_get(run_id) or {}
         return bool(row.get("heartbeat")) and time.time() - row["heartbeat"] < heartbeat_stale_s()
-    if Path("/proc").is_dir():
-        state = _proc_state(pid)
-        if state is None or state in ("Z", "X"):
-            if state == "Z":
-                try:  # our own child from an earlier import of this module: reap it
-                    os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    pass
-            return False
-        started = info.get("start_ticks")
-        return started is None or _proc_start_ticks(pid) == started
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        proc = psutil.Process(pid)
+        status = proc.status()
+        started = proc.create_time()
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:  # someone else's process with that pid: it exists
         return True
-    return True
+    if status == psutil.STATUS_ZOMBIE:
+        with contextlib.suppress(ChildProcessError, OSError):  # our own child from an earlier import: reap it
+            os.waitpid(pid, os.WNOHANG)
+        return False
+    if status == psutil.STATUS_DEAD:
+        return False
+    expected = info.get("start_time")
+    return expected is None or abs(started - float(expected)) < 0.05
 
 
 def _exit_code(run_id: str) -> int | None:
@@ -340,13 +333,13 @@ def _spawn(run_id: str, d: Path, cmd: list[str], owner: str | None, extra: dict 
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     _CHILDREN[run_id] = proc
     info = read_json(d / "run.json")
-    info.update({"id": run_id, "pid": proc.pid, "pgid": proc.pid, "start_ticks": _proc_start_ticks(proc.pid),
+    info.update({"id": run_id, "pid": proc.pid, "pgid": proc.pid, "start_time": _proc_start_time(proc.pid),
                  "host": socket.gethostname(), "cmd": cmd, "cancel_requested": False, **(extra or {})})
     if owner:
         info["owner"] = owner
     info.setdefault("created", _dt.datetime.now().isoformat(timespec="seconds"))
     write_json_atomic(d / "run.json", info)
-    _db_upsert(run_id, dir=str(d), pid=proc.pid, start_ticks=info["start_ticks"], host=info["host"],
+    _db_upsert(run_id, dir=str(d), pid=proc.pid, start_time=info["start_time"], host=info["host"],
                owner=info.get("owner"), created=info["created"], heartbeat=time.time(), status="starting",
                error=None, model=info.get("model"))
 

@@ -490,7 +490,7 @@ def _fake_runs(home):
                                                    "error": "process exited" if pid is None else None}))
         info = {"id": run_id, "owner": owner, "created": run_id[:15], "model": "unet_heatmap"}
         if pid:
-            info.update(pid=pid, start_ticks=runs._proc_start_ticks(pid), host=socket.gethostname())
+            info.update(pid=pid, start_time=runs._proc_start_time(pid), host=socket.gethostname())
         (d / "run.json").write_text(json.dumps(info))
         made[status] = run_id
     return made, child
