@@ -52,7 +52,10 @@ def cmd_predict(args) -> int:
         spacing = float(np.mean(image.spacing_mm))
     result = predictor.predict(image.pixels, roi=args.roi, spacing_mm=spacing)
     payload = result.to_json_dict()
+    from cvs_core.landmarks import NAMES
     from cvs_core.predict import prediction_warnings
+    payload["landmark_names"] = list(NAMES)
+    payload["stage"] = _stage_payload(result)
     payload["warnings"] = prediction_warnings(image.pixels, result)
     for w in payload["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
@@ -60,7 +63,25 @@ def cmd_predict(args) -> int:
         print(json.dumps(payload))
     else:
         print(result.to_text())
+        st = payload["stage"]
+        if st.get("label"):
+            print(f"stage {st['label']} ({st['fit']}){'' if st['reliable'] else ' — UNRELIABLE: ' + result.fit_message}"
+                  f": {st['rationale']}")
+        else:
+            print(f"stage: none ({st['error']})")
     return 0
+
+
+def _stage_payload(result) -> dict:
+    """The CVM stage of a prediction's landmarks (shipped staging config), for ``cvs predict``."""
+    from cvs_core.staging import agreement_text, stage_landmarks
+
+    try:
+        r = stage_landmarks(result.landmarks)
+    except ValueError as exc:  # e.g. landmarks the model did not find
+        return {"label": None, "error": str(exc)}
+    return {"stage": r.stage, "label": r.label, "fit": r.fit, "reliable": bool(result.fit_ok),
+            "rationale": r.rationale, "growth": r.growth, "agreement": agreement_text(r), "caveat": r.caveat}
 
 
 def cmd_train(args) -> int:

@@ -401,9 +401,19 @@ class StageResult:
     probabilities: dict | None = None
     expert_agreement: dict | None = None
 
+    @property
+    def fit(self) -> str:
+        """How the landmarks fit the stage table, in one word used by the CLI table, the stage CSV and
+        the app: "exact" (a row fits, nothing near a cut-off), "borderline" (a row fits, but a
+        measurement is within 10 % of a cut-off, or the learned model is unsure) or "nearest" (no row
+        fits; the nearest stage)."""
+        if not self.exact:
+            return "nearest"
+        return "exact" if self.confidence_level == "high" else "borderline"
+
     def to_dict(self) -> dict:
-        """JSON-serialisable dict."""
-        return asdict(self)
+        """JSON-serialisable dict (with ``fit``)."""
+        return {**asdict(self), "fit": self.fit}
 
 
 def agreement_text(result: "StageResult") -> str | None:
@@ -741,8 +751,8 @@ def stage_many(landmarks, spacing_mm=None, config: StagingConfig | str | None = 
 
 
 def results_to_frame(names, results: list[StageResult]):
-    """One row per image: image_name, stage, label, exact, confidence, shapes, concavity flags,
-    every measurement, failed_rule, rationale (a pandas DataFrame)."""
+    """One row per image: image_name, stage, label, fit (:attr:`StageResult.fit`), shapes, concavity
+    flags, every measurement (rounded to 4 decimals), failed_rule, rationale (a pandas DataFrame)."""
     import pandas as pd
 
     names = list(names)
@@ -750,11 +760,11 @@ def results_to_frame(names, results: list[StageResult]):
         raise ValueError(f"{len(names)} names for {len(results)} results")
     rows = []
     for name, r in zip(names, results):
-        row = dict(image_name=name, stage=r.stage, label=r.label, exact=r.exact,
-                   confidence=r.confidence_level,
+        row = dict(image_name=name, stage=r.stage, label=r.label, fit=r.fit,
                    c2_concave=r.concavity["C2"], c3_concave=r.concavity["C3"], c4_concave=r.concavity["C4"],
                    c3_shape=r.shapes["C3"], c4_shape=r.shapes["C4"])
-        row.update(r.measurements)
+        row.update({k: round(float(v), 4) if isinstance(v, (float, np.floating)) else v
+                    for k, v in r.measurements.items()})
         row.update(nearest_alternative=f"CS{r.nearest_alternative}" if r.nearest_alternative else "",
                    derived=r.derived or "", config=r.config_name,
                    failed_rule=r.failed_rule or "", rationale=r.rationale)
@@ -770,7 +780,7 @@ def format_table(names, results: list[StageResult]) -> str:
     lines = [head, "-" * len(head)]
     for name, r in zip(names, results):
         m = r.measurements
-        fit = "exact" if r.exact and r.confidence_level == "high" else ("borderline" if r.exact else "nearest")
+        fit = r.fit
         if r.probabilities:  # learned method: the model's probability of the stage it chose
             fit = f"p {r.probabilities[r.label]:.2f}"
 
@@ -821,7 +831,8 @@ def stage_command(args) -> int:
     print(format_table(names, results))
     counts = frame["label"].value_counts().sort_index()
     print("stages: " + ", ".join(f"{k} ×{v}" for k, v in counts.items())
-          + f"; {int(frame['exact'].sum())}/{len(frame)} fit a table row exactly")
+          + f"; fit: {int((frame['fit'] == 'exact').sum())} exact, {int((frame['fit'] == 'borderline').sum())} "
+          f"borderline, {int((frame['fit'] == 'nearest').sum())} nearest")
     stored = expert_agreement(cfg)
     if stored:
         print(f"this config against experts: {stored['summary']}")

@@ -36,8 +36,13 @@ def test_cvs_predict_json(repo_root, model):
     assert len(payload["confidence"]) == 19
     truth = pd.read_csv(repo_root / "data/samples/train_data.csv").iloc[0, 1:39].to_numpy(float).reshape(19, 2)
     errors = np.linalg.norm(pts - truth, axis=1)
+    assert payload["landmark_names"][:3] == ["C2ip", "C2im", "C2ia"] and len(payload["landmark_names"]) == 19
+    assert payload["stage"]["label"] in {f"CS{k}" for k in range(1, 7)}
+    assert payload["stage"]["fit"] in ("exact", "borderline", "nearest") and payload["stage"]["caveat"]
     if model == "unet_heatmap":
         assert (errors <= 8).mean() >= 0.9  # SDR@2 mm at the nominal 0.25 mm/px
+        from cvs_core.staging import stage_landmarks
+        assert payload["stage"]["label"] == stage_landmarks(truth).label  # LC (1): the expert landmarks' stage
     else:
         assert np.median(errors) < 40  # on the vertebrae, not somewhere in the image
 

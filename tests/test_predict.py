@@ -161,8 +161,9 @@ def test_cli_predict_text_on_a_regression_model(tmp_path, capsys):
     assert main(["predict", "--model", str(folder), str(image)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("model tiny_reg")
-    assert len(out) == 1 + N_LANDMARKS + 1
-    assert out[-1].startswith("WARNING")  # every landmark at one point: an implausible outline
+    assert len(out) == 1 + N_LANDMARKS + 2
+    assert out[-2].startswith("WARNING")  # every landmark at one point: an implausible outline
+    assert out[-1].startswith("stage")  # … and no confident stage for it
     assert out[1].startswith("C2ip") and out[1].rstrip().endswith("conf=    —")
     x = float(out[1].split("x=")[1].split()[0])
     assert abs(x - (250 - 0.5)) < 1.0  # output 1.0 = the right edge of the 250-px ROI

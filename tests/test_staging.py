@@ -275,7 +275,9 @@ def test_real_configurations_stage_without_error():
         print(f"{name:14s} {r.label} {'exact ' if r.exact else 'nearest'} {r.rationale}"
               + (f" | {r.failed_rule}" if r.failed_rule else ""))
     assert len(frame) == 15 and set(frame["stage"]) <= set(range(1, 7))
-    assert {"image_name", "stage", "label", "exact", "c2_concavity", "c3_h_w", "rationale"} <= set(frame.columns)
+    assert {"image_name", "stage", "label", "fit", "c2_concavity", "c3_h_w", "rationale"} <= set(frame.columns)
+    assert set(frame["fit"]) <= {"exact", "borderline", "nearest"}
+    assert list(frame["fit"] == "nearest") == [not r.exact for r in results]
     # the two with images: LC (1) has flat borders and wedge-shaped bodies (CS1);
     # LC (11) has clearly concave C2 and C4 borders
     assert results[names.index("LC (1).jpg")].stage == 1
@@ -292,7 +294,8 @@ def test_stage_command(tmp_path, capsys):
     assert staging.stage_command(args) == 0
     df = pd.read_csv(out)
     assert len(df) == 11
-    assert list(df.columns[:4]) == ["image_name", "stage", "label", "exact"]
+    assert list(df.columns[:4]) == ["image_name", "stage", "label", "fit"]
+    assert all(len(f"{v}".split(".")[-1]) <= 4 for v in df["c3_h_w"])  # measurements rounded
     assert df.columns[-1] == "rationale"
     text = capsys.readouterr().out
     assert "LC (1).jpg" in text and "CS1" in text and CAVEAT in text
