@@ -210,45 +210,32 @@ for title, exc in input_errors:  # full width, below the inputs
 if inp is None:
     st.stop()
 
-# ----------------------------------------------------------------------------- predictions
+# ----------------------------------------------------------------------------- predictions and headline
+# Each model's card is drawn as soon as that model is done (the first result shows while the second
+# model still loads or runs); the views below need both.
 overrides = lab_settings if use_lab else None
-preds = {}
-errors = {}
-with st.spinner("Finding landmarks…"):
-    for m in models:
-        try:
-            if roi_obj is not None:
-                ui.get_predictor(m)  # shows the loading spinner the first time
-                preds[m] = _predict_roi(m, ui.model_version(m), inp.key, json.dumps([model_a, roi]),
-                                        float(spacing_in), json.dumps(overrides or {}, sort_keys=True),
-                                        inp.image, roi_obj)
-            else:
-                preds[m] = ui.predict(m, inp, roi, overrides)
-        except Exception as exc:  # noqa: BLE001 - show the library's message, keep the page alive
-            errors[m] = exc
-for m, exc in errors.items():
-    ui.show_error(f"{m} could not run on this image", exc)
-if not preds:
-    st.stop()
+colors = {m: viz.MODEL_COLORS[i] for i, m in enumerate(models)}
+has_truth = inp.truth is not None
+warning_slot = st.container()  # filled once every model has run (some warnings compare them)
+cols = st.columns(len(models) + (1 if has_truth else 0))
 
-comp = compare.analyse(inp, preds, {m: ui.codec_kind(m) for m in preds}, roi, float(spacing_in),
-                       staging_config=staging_choice)
-roi_image, spacing = comp.roi_image, comp.roi_spacing_mm
-colors = {m: viz.MODEL_COLORS[i] for i, m in enumerate(preds)}
-for w in comp.warnings:
-    st.warning(w, icon=":material/warning:")
 
-# ----------------------------------------------------------------------------- headline
-has_truth = comp.truth is not None
-cols = st.columns(len(preds) + (1 if has_truth else 0))
-for col, (m, r) in zip(cols, comp.models.items()):
-    with col.container(border=True):
+def _predict(m: str):
+    if roi_obj is not None:
+        ui.get_predictor(m)  # shows the loading spinner the first time
+        return _predict_roi(m, ui.model_version(m), inp.key, json.dumps([model_a, roi]), float(spacing_in),
+                            json.dumps(overrides or {}, sort_keys=True), inp.image, roi_obj)
+    return ui.predict(m, inp, roi, overrides)
+
+
+def _model_card(m: str, r):
+    """One model's headline: stage, MRE or time, fit check, warnings, expert agreement."""
+    with st.container(border=True):
         st.markdown(f"<span style='color:{colors[m]};font-weight:600'>● {access.safe_label(m)}</span>",
                     unsafe_allow_html=True)
         k1, k2 = st.columns(2)
         stage_value = "—" if not r.stage else (r.stage.label if r.fit_ok else f"{r.stage.label}?")
-        k1.metric("CVM stage", stage_value,
-                  help=r.stage.confidence if r.stage else r.stage_error)
+        k1.metric("CVM stage", stage_value, help=r.stage.confidence if r.stage else r.stage_error)
         if r.summary is not None:
             s = r.summary
             k2.metric("MRE (mm)", f"{s['mre_mm']:.2f}" if s["mre_mm"] is not None else "—",
@@ -266,6 +253,29 @@ for col, (m, r) in zip(cols, comp.models.items()):
             st.warning(w, icon=":material/warning:")
         if r.stage is not None and r.fit_ok and (agree := staging.agreement_text(r.stage)):
             st.caption(agree)
+
+
+preds = {}
+for col, m in zip(cols, models):
+    with col:
+        try:
+            with st.spinner(f"{m}: finding landmarks…"):
+                preds[m] = _predict(m)
+        except Exception as exc:  # noqa: BLE001 - show the library's message, keep the page alive
+            ui.show_error(f"{m} could not run on this image", exc)
+            continue
+        alone = compare.analyse(inp, {m: preds[m]}, {m: ui.codec_kind(m)}, roi, float(spacing_in),
+                                staging_config=staging_choice)
+        _model_card(m, alone.models[m])
+if not preds:
+    st.stop()
+
+comp = compare.analyse(inp, preds, {m: ui.codec_kind(m) for m in preds}, roi, float(spacing_in),
+                       staging_config=staging_choice)
+roi_image, spacing = comp.roi_image, comp.roi_spacing_mm
+with warning_slot:
+    for w in comp.warnings:
+        st.warning(w, icon=":material/warning:")
 if has_truth:
     with cols[-1].container(border=True):
         st.markdown(f"<span style='color:{viz.TRUTH_COLOR};font-weight:600'>✕ ground truth</span>",
@@ -283,9 +293,11 @@ layers = [viz.PointLayer(m, r.landmarks, colors[m], r.confidence) for m, r in co
 truth_layer = viz.PointLayer("ground truth", comp.truth, viz.TRUTH_COLOR, truth=True) if has_truth else None
 heat_model = comp.response_model
 
+# Only the open tab is drawn (each figure or report costs tens of ms of the server's CPU, for every
+# user, on every rerun); the overlay tab always is, so its controls keep their values.
 tab_overlay, tab_side, tab_table, tab_stage, tab_export = st.tabs(
     [":material/layers: Overlay", ":material/view_column: Side by side", ":material/table: Landmarks",
-     ":material/timeline: CVM stage", ":material/download: Export"])
+     ":material/timeline: CVM stage", ":material/download: Export"], key="cmp_tab", on_change="rerun")
 
 with tab_overlay:
     c_fig, c_ctl = st.columns([3, 1])
@@ -324,56 +336,60 @@ with tab_overlay:
             col.image(viz.encode_image(compare.model_input_preview(p), "png"), width="stretch",
                       caption=f"{m}: {size[1]}×{size[0]} px, {size[2] if len(size) == 3 else 1} channel(s)")
 
-with tab_side:
-    side = st.columns(len(preds))
-    for col, (m, p), layer in zip(side, preds.items(), layers):
-        with col:
-            resp = p.response_map_roi() if comp.models[m].has_response else None
-            lay = [layer] + ([truth_layer] if truth_layer is not None else [])
-            st.markdown(f"<span style='color:{colors[m]};font-weight:600'>● {access.safe_label(m)}</span> · "
-                        f"{p.ms['total']:.0f} ms",
-                        unsafe_allow_html=True)
-            f = viz.landmark_figure(roi_image, lay, response=resp, response_opacity=0.35 if resp is not None else 0,
-                                    height=640, zoom_margin=45, legend=False)
-            st.plotly_chart(f, key=f"cmp_side_{m}", config={"scrollZoom": True, "displaylogo": False})
+if tab_side.open:
+    with tab_side:
+        side = st.columns(len(preds))
+        for col, (m, p), layer in zip(side, preds.items(), layers):
+            with col:
+                resp = p.response_map_roi() if comp.models[m].has_response else None
+                lay = [layer] + ([truth_layer] if truth_layer is not None else [])
+                st.markdown(f"<span style='color:{colors[m]};font-weight:600'>● {access.safe_label(m)}</span> · "
+                            f"{p.ms['total']:.0f} ms",
+                            unsafe_allow_html=True)
+                f = viz.landmark_figure(roi_image, lay, response=resp, response_opacity=0.35 if resp is not None else 0,
+                                        height=640, zoom_margin=45, legend=False)
+                st.plotly_chart(f, key=f"cmp_side_{m}", config={"scrollZoom": True, "displaylogo": False})
 
-with tab_table:
-    table = comp.table
-    st.dataframe(table, hide_index=True, width="stretch", height=38 + 35 * 19)
-    st.caption(f"x, y in ROI pixels; confidence is the heatmap peak (heatmap/mask models only); "
-               f"mm at {spacing:.4g} mm/px. A↔B: distance between the two models' points.")
+if tab_table.open:
+    with tab_table:
+        table = comp.table
+        st.dataframe(table, hide_index=True, width="stretch", height=38 + 35 * 19)
+        st.caption(f"x, y in ROI pixels; confidence is the heatmap peak (heatmap/mask models only); "
+                   f"mm at {spacing:.4g} mm/px. A↔B: distance between the two models' points.")
 
-with tab_stage:
-    scols = st.columns(len(preds) + (1 if comp.truth_stage else 0))
-    for col, (m, r) in zip(scols, comp.models.items()):
-        with col:
-            if r.stage:
-                ui.stage_card(m, r.stage, colors[m], true_stage=inp.true_stage,
-                              unreliable=None if r.fit_ok else r.fit_message, warnings=r.warnings)
-            else:
-                st.warning(f"**{m}**: no stage — {r.stage_error}")
-    if comp.truth_stage:
-        with scols[-1]:
-            ui.stage_card("from the true landmarks", comp.truth_stage, viz.TRUTH_COLOR, true_stage=inp.true_stage)
+if tab_stage.open:
+    with tab_stage:
+        scols = st.columns(len(preds) + (1 if comp.truth_stage else 0))
+        for col, (m, r) in zip(scols, comp.models.items()):
+            with col:
+                if r.stage:
+                    ui.stage_card(m, r.stage, colors[m], true_stage=inp.true_stage,
+                                  unreliable=None if r.fit_ok else r.fit_message, warnings=r.warnings)
+                else:
+                    st.warning(f"**{m}**: no stage — {r.stage_error}")
+        if comp.truth_stage:
+            with scols[-1]:
+                ui.stage_card("from the true landmarks", comp.truth_stage, viz.TRUTH_COLOR, true_stage=inp.true_stage)
 
-with tab_export:
-    base = inp.name.rsplit(".", 1)[0]
-    st.markdown("**Landmarks (study CSV format)** — coordinates in the frame of the input image "
-                f"`{inp.name}`" + (" (full cephalogram)" if inp.kind == "full" else ""))
-    ecols = st.columns(len(preds) + 3)
-    for col, m in zip(ecols, preds):
-        col.download_button(f"{m}.csv", comp.landmarks_csv(m, preds), file_name=f"{base}_{m}.csv",
-                            mime="text/csv", icon=":material/table:", on_click="ignore", key=f"dl_csv_{m}")
-    overlay = viz.overlay_png(roi_image, overlay_layers,
-                              response=preds[heat_model].response_map_roi() if heat_model and opacity > 0 else None,
-                              response_opacity=opacity)
-    ecols[-3].download_button("overlay.png", overlay, file_name=f"{base}_overlay.png", mime="image/png",
-                              icon=":material/image:", on_click="ignore", key="dl_png")
-    report = comp.report(preds, CAVEAT)
-    ecols[-2].download_button("report.json", json.dumps(report, indent=2), file_name=f"{base}_report.json",
-                              mime="application/json", icon=":material/data_object:", on_click="ignore",
-                              key="dl_json")
-    ecols[-1].download_button("report.html", comp.html_report(overlay, CAVEAT), file_name=f"{base}_report.html",
-                              mime="text/html", icon=":material/description:", on_click="ignore", key="dl_html",
-                              help="One self-contained page; print it to PDF from the browser.")
-    st.image(overlay, caption="overlay.png preview", width=260)
+if tab_export.open:
+    with tab_export:
+        base = inp.name.rsplit(".", 1)[0]
+        st.markdown("**Landmarks (study CSV format)** — coordinates in the frame of the input image "
+                    f"`{inp.name}`" + (" (full cephalogram)" if inp.kind == "full" else ""))
+        ecols = st.columns(len(preds) + 3)
+        for col, m in zip(ecols, preds):
+            col.download_button(f"{m}.csv", comp.landmarks_csv(m, preds), file_name=f"{base}_{m}.csv",
+                                mime="text/csv", icon=":material/table:", on_click="ignore", key=f"dl_csv_{m}")
+        overlay = viz.overlay_png(roi_image, overlay_layers,
+                                  response=preds[heat_model].response_map_roi() if heat_model and opacity > 0 else None,
+                                  response_opacity=opacity)
+        ecols[-3].download_button("overlay.png", overlay, file_name=f"{base}_overlay.png", mime="image/png",
+                                  icon=":material/image:", on_click="ignore", key="dl_png")
+        report = comp.report(preds, CAVEAT)
+        ecols[-2].download_button("report.json", json.dumps(report, indent=2), file_name=f"{base}_report.json",
+                                  mime="application/json", icon=":material/data_object:", on_click="ignore",
+                                  key="dl_json")
+        ecols[-1].download_button("report.html", comp.html_report(overlay, CAVEAT), file_name=f"{base}_report.html",
+                                  mime="text/html", icon=":material/description:", on_click="ignore", key="dl_html",
+                                  help="One self-contained page; print it to PDF from the browser.")
+        st.image(overlay, caption="overlay.png preview", width=260)

@@ -83,8 +83,20 @@ def truth_uploader(at):
     return next(u for u in at.get("file_uploader") if u.key.startswith("cmp_truth_csv"))
 
 
+def open_tab(at, name: str):
+    """Select the Compare tab whose label ends with ``name`` (only the open tab is drawn) and run."""
+    label = next(t.label for t in at.tabs if t.label.endswith(name))
+    at.session_state["cmp_tab"] = label
+    return at.run()
+
+
 def _landmark_table(at):
+    """The Compare page's landmark table (opens the "Landmarks" tab when another one is open)."""
     tables = [d.value for d in at.dataframe if "landmark" in d.value.columns]
+    if not tables and any(t.label.endswith("Landmarks") for t in at.tabs):
+        open_tab(at, "Landmarks")
+        assert not at.exception and not at.error
+        tables = [d.value for d in at.dataframe if "landmark" in d.value.columns]
     assert tables, "no landmark table rendered"
     return tables[0]
 
@@ -100,7 +112,8 @@ def test_compare_sample_two_models_and_stage(home):
         assert f"{m} err px" in table  # LC (1) has ground truth
     stages = [m.value for m in at.metric if m.label == "CVM stage"]
     assert len(stages) == 3 and all(s.startswith("CS") for s in stages)  # two models + truth
-    body = texts(at)
+    assert not [t for t in at.tabs if t.label.endswith("CVM stage") and t.children]  # drawn when opened
+    body = texts(open_tab(at, "CVM stage"))
     assert "estimate" in body  # the caveat is always shown
     assert "Growth:" in body and "Why:" in body
     assert "0.25 mm/px" in body
@@ -109,7 +122,7 @@ def test_compare_sample_two_models_and_stage(home):
     assert not at.exception and not at.error
     assert len(_landmark_table(at)) == 19
     # downloads exist
-    labels = [b.label for b in at.get("download_button")]
+    labels = [b.label for b in open_tab(at, "Export").get("download_button")]
     assert any(lbl.endswith(".csv") for lbl in labels) and "overlay.png" in labels and "report.json" in labels and "report.html" in labels
 
 
