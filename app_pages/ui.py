@@ -50,13 +50,11 @@ def default_models(names: list[str], n: int = 2) -> list[str]:
 
 
 def model_version(name: str) -> str:
-    from cvs_core.registry import read_manifest, resolve_model
+    """``"<folder>:<weights sha256>:<weights mtime>"``: the pool's key (``ModelPool.key``) as one string,
+    which changes when the model folder is replaced."""
+    from cvs_core.pool import ModelPool
 
-    folder = resolve_model(name)
-    m = read_manifest(folder)
-    weights = folder / "model.keras"
-    stamp = weights.stat().st_mtime_ns if weights.is_file() else 0
-    return f"{folder}:{m.get('weights_sha256', '')}:{stamp}"
+    return ":".join(ModelPool.key(name))
 
 
 # Models live in cvs_core.pool (outside Streamlit's caches: a "Clear cache" from any browser does not
