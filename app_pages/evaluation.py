@@ -120,7 +120,7 @@ if missing:
                 frac = (_j + done / max(total, 1)) / len(missing)
                 bar.progress(min(frac, 1.0), text=f"{_m}: {done}/{total} images")
 
-            with limits.job_slot(ui.current_user().id):
+            with limits.job_slot(ui.job_owner()):
                 preds_store[_key(m)] = evaluate.predict_dataset(predictor, dataset, roi=roi, progress=progress)
         except Exception as exc:  # noqa: BLE001
             ui.show_error(f"{m} failed on this dataset", exc)

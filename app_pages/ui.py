@@ -265,6 +265,22 @@ def current_user():
     return user
 
 
+JOB_WAIT_S = 60.0  # an interactive prediction queues this long for a free job slot before saying so
+
+
+def job_owner() -> str:
+    """Whose job slots (``limits.job_slot``) a prediction of this session takes: the signed-in
+    person's, or — for the shared identities (local mode, the lab password, anonymous viewers),
+    behind which several people may sit — this browser session's own."""
+    import uuid
+
+    user = current_user()
+    if user.mode == "oidc" and user.authenticated:
+        return user.id
+    sid = st.session_state.setdefault("cvs_session_id", uuid.uuid4().hex[:12])
+    return f"{user.id}:{sid}"
+
+
 def can(action: str, owner: str | None = None) -> bool:
     """Whether the session's user may take ``action`` (``cvs_core.access.ACTIONS``)."""
     from cvs_core import access
@@ -355,7 +371,7 @@ def predict(model: str, inp: InputImage, roi, overrides: dict | None = None, spa
 
     version = model_version(model)
     get_predictor(model)
-    with limits.job_slot(current_user().id):
+    with limits.job_slot(job_owner(), wait_s=JOB_WAIT_S):
         return _predict_cached(model, version, inp.key, json.dumps(roi), json.dumps(overrides or {}, sort_keys=True),
                                None if spacing_mm is None else float(spacing_mm), inp.image)
 

@@ -257,7 +257,7 @@ def evict_phantom_cache(cache_root: Path, keep: tuple[Path, ...] = (), lim: Limi
 
 # ----------------------------------------------------------------------------- jobs per user
 _JOBS: dict[str, int] = {}
-_JOBS_LOCK = threading.Lock()
+_JOBS_LOCK = threading.Condition()  # a slot given back wakes the callers waiting for one
 
 
 def active_jobs(user: str) -> int:
@@ -267,20 +267,28 @@ def active_jobs(user: str) -> int:
 
 
 @contextlib.contextmanager
-def job_slot(user: str, lim: Limits | None = None):
+def job_slot(user: str, lim: Limits | None = None, wait_s: float = 0.0):
     """Hold one of ``user``'s :attr:`Limits.max_jobs_per_user` concurrent job slots (this process).
 
-    Raises :class:`LimitError` at once when the user already holds all of them::
+    When the user already holds all of them, waits up to ``wait_s`` seconds for one to be given back
+    (short interactive jobs queue), then raises :class:`LimitError` (at once with ``wait_s=0``)::
 
-        with limits.job_slot(user_id):
+        with limits.job_slot(user_id, wait_s=30):
             result = predictor.predict(image)
     """
+    import time
+
     lim = lim or limits()
+    deadline = time.monotonic() + max(0.0, float(wait_s))
     with _JOBS_LOCK:
-        n = _JOBS.get(user, 0)
-        if n >= lim.max_jobs_per_user:
-            raise LimitError(f"you already have {n} job(s) running; the limit is {lim.max_jobs_per_user} per user "
-                             f"{_hint('max_jobs_per_user')}. Wait for one to finish.")
+        while (n := _JOBS.get(user, 0)) >= lim.max_jobs_per_user:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                waited = f" (waited {wait_s:g} s)" if wait_s > 0 else ""
+                raise LimitError(f"you already have {n} job(s) running{waited}; the limit is "
+                                 f"{lim.max_jobs_per_user} per user {_hint('max_jobs_per_user')}. "
+                                 "Wait for one to finish.")
+            _JOBS_LOCK.wait(left)
         _JOBS[user] = n + 1
     try:
         yield
@@ -289,6 +297,7 @@ def job_slot(user: str, lim: Limits | None = None):
             _JOBS[user] -= 1
             if _JOBS[user] <= 0:
                 del _JOBS[user]
+            _JOBS_LOCK.notify_all()
 
 
 # ----------------------------------------------------------------------------- landmark coordinates

@@ -135,6 +135,33 @@ def test_job_slots_per_user(monkeypatch):
     assert len(errors) == 3 and L.active_jobs("carl") == 0
 
 
+def test_job_slots_queue_when_asked_to_wait(monkeypatch):
+    """Interactive jobs wait for a slot instead of failing: 5 callers, 2 slots, all 5 run, never more
+    than 2 at once; a caller that cannot get one within its wait gets a LimitError saying so."""
+    monkeypatch.setenv("CVS_LIMIT_MAX_JOBS_PER_USER", "2")
+    running, peak, done, lock = [0], [0], [], threading.Lock()
+
+    def worker():
+        with L.job_slot("dana", wait_s=10):
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            time.sleep(0.1)
+            with lock:
+                running[0] -= 1
+        done.append(1)
+    threads = [threading.Thread(target=worker) for _ in range(5)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert len(done) == 5 and peak[0] == 2 and L.active_jobs("dana") == 0
+    with L.job_slot("erin"), L.job_slot("erin"):
+        t0 = time.monotonic()
+        with pytest.raises(L.LimitError, match=r"waited 0\.2 s"):
+            with L.job_slot("erin", wait_s=0.2):
+                pass
+        assert time.monotonic() - t0 >= 0.2
+
+
 RELOAD_SCRIPT = r"""
 import gc, json, sys, numpy as np, psutil
 from cvs_core.predict import Predictor
