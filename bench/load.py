@@ -367,8 +367,8 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         print(f"{r['sessions']:>4} {r['errors']:>6} | {f(r['first_p50_s']):>9} {f(r['first_p95_s']):>6} "
               f"{f(r['first_max_s']):>6} | {f(r['both_p50_s']):>8} {f(r['both_p95_s']):>6} {f(r['both_max_s']):>6} | "
-              f"{f(r['done_p50_s']):>8} {f(r['done_max_s']):>6} | {f(r['wall_s'], '{:.1f}'):>6} | {f(r['rss_idle_mb'], '{:.0f}'):>8} {f(r['rss_peak_mb'], '{:.0f}'):>6} "
-              f"{f(r['rss_after_mb'], '{:.0f}'):>6}")
+              f"{f(r['done_p50_s']):>8} {f(r['done_max_s']):>6} | {f(r['wall_s'], '{:.1f}'):>6} | "
+              f"{f(r['rss_idle_mb'], '{:.0f}'):>8} {f(r['rss_peak_mb'], '{:.0f}'):>6} {f(r['rss_after_mb'], '{:.0f}'):>6}")
         for e in r["error_samples"]:
             print(f"      error: {e}")
     if len(rows) > 1 and rows[0]["first_p50_s"] and rows[-1]["first_p50_s"]:

@@ -113,8 +113,9 @@ def streamlit_server(script: str, port: int, home: Path | None, log_path: Path, 
                 break
             time.sleep(0.3)
         if not up:
-            raise ServerDidNotStart(f"streamlit did not come up on port {port} in {timeout_s:.0f} s:\n"
-                                    + log_path.read_text(errors="replace")[-3000:])
+            why = (f"exited with code {proc.returncode}" if proc.poll() is not None
+                   else f"did not answer in {timeout_s:.0f} s")
+            raise ServerDidNotStart(f"streamlit on port {port} {why}:\n" + log_path.read_text(errors="replace")[-3000:])
         yield StreamlitServer(url, proc.pid, log_path)
     finally:
         if proc.poll() is None:

@@ -119,3 +119,11 @@ def test_summary_counts_sessions_with_errors_and_takes_percentiles_of_the_others
     assert row["errors"] == 1 and row["error_samples"][0].startswith("timeout")
     assert (row["first_p50_s"], row["first_max_s"], row["both_p95_s"], row["done_max_s"]) == (3.0, 4.0, 5.0, 6.0)
     assert load.percentile([], 0.5) is None
+
+
+def test_widget_ids_come_from_the_drawn_widget_with_that_label():
+    msg = ForwardMsg()
+    msg.delta.new_element.radio.id, msg.delta.new_element.radio.label = "$$ID-1-cmp_source", "Input"
+    assert load.widget_id(msg, "radio", "Input") == "$$ID-1-cmp_source"
+    assert load.widget_id(msg, "radio", "Image") is None and load.widget_id(msg, "number_input", "Input") is None
+    assert load.widget_id(metric(CARD_A, "CS3"), "radio", "Input") is None
