@@ -28,14 +28,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -109,23 +106,11 @@ def _read_log(log: Path) -> list[dict]:
 def _drive_browser(app: Path, log: Path, reruns: int, port: int, timeout: float = 300.0) -> None:
     from playwright.sync_api import sync_playwright
 
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    server_log = open(app.with_suffix(".server.log"), "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),
-                             "--server.headless", "true", "--browser.gatherUsageStats", "false",
-                             "--server.fileWatcherType", "none"], cwd=app.parent, env=env,
-                            stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read().strip() == b"ok":
-                    break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"streamlit did not come up on port {port}; see {server_log.name}")
-                time.sleep(0.3)
+    sys.path.insert(0, str(REPO / "tests"))
+    from app_helpers import free_port, streamlit_server  # the tests' server start + health wait
+
+    with streamlit_server(str(app), free_port(port), None, app.with_suffix(".server.log"), timeout_s=60) as server:
+        url = server.url
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
             page = browser.new_page()
@@ -136,13 +121,6 @@ def _drive_browser(app: Path, log: Path, reruns: int, port: int, timeout: float 
                 page.get_by_role("button", name="Rerun").click()
                 page.get_by_text(f"run {k} done").wait_for(timeout=timeout * 1e3)
             browser.close()
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        server_log.close()
 
 
 def _drive_apptest(app: Path, reruns: int) -> None:

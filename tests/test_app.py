@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_helpers import make_tiny_models
+from app_helpers import StreamlitClient, free_port, make_tiny_models, streamlit_server
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "streamlit_app.py")
@@ -587,98 +587,30 @@ def test_local_mode_admin_sees_resume_for_an_interrupted_run(home):
             runs._db_delete(run_id)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _StreamlitClient:
-    """A minimal browser stand-in on Streamlit's websocket (``/_stcore/stream``): BackMsg protobufs
-    out, ForwardMsg protobufs in — what the frontend sends for a rerun and for the menu's
-    "Clear cache" (``BackMsg.clear_cache = true``)."""
-
-    def __init__(self, port: int):
-        from websockets.sync.client import connect
-
-        self.ws = connect(f"ws://127.0.0.1:{port}/_stcore/stream", subprotocols=["streamlit"],
-                          origin=f"http://127.0.0.1:{port}", open_timeout=30, max_size=None)
-
-    def send(self, **fields):
-        from streamlit.proto.BackMsg_pb2 import BackMsg
-
-        msg = BackMsg()
-        for k, v in fields.items():
-            if k == "rerun_script":
-                msg.rerun_script.query_string = ""
-                msg.rerun_script.page_script_hash = ""
-            else:
-                setattr(msg, k, v)
-        self.ws.send(msg.SerializeToString())
-
-    def rerun(self, timeout: float = 90.0) -> bytes:
-        """Run the app's default page; returns the raw ForwardMsgs of that run (text is in clear)."""
-        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
-
-        self.send(rerun_script=True)
-        got, end = [], time.monotonic() + timeout
-        while time.monotonic() < end:
-            raw = self.ws.recv(timeout=max(0.1, end - time.monotonic()))
-            got.append(raw)
-            msg = ForwardMsg()
-            msg.ParseFromString(raw)
-            if msg.WhichOneof("type") == "script_finished":
-                return b"".join(got)
-        raise AssertionError("the script run did not finish")
-
-    def close(self):
-        self.ws.close()
-
-
 def test_clear_cache_from_one_browser_does_not_unload_models_for_others(home, tmp_path):
     """A real server on 127.0.0.1: client A's session has the models loaded; client B sends the
     websocket message the page menu's "Clear cache" sends; A's next run still has them loaded
     (models live in cvs_core.pool, outside Streamlit's caches)."""
-    import subprocess
-    import sys
-
-    port = _free_port()
-    env = dict(os.environ, CVS_HOME=str(home), PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2",
-               CVS_PRELOAD_MODELS="tiny_unet,mean_shape")
-    log = open(tmp_path / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    a = b = None
-    try:
-        end = time.monotonic() + 90
-        while True:
-            try:
-                a = _StreamlitClient(port)
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < end, (tmp_path / "server.log").read_text()[-2000:]
-                time.sleep(0.5)
-        loaded = b"Loaded: `mean_shape`, `tiny_unet`"
-        end = time.monotonic() + 120
-        while loaded not in a.rerun():  # the first run starts the background loads
-            assert time.monotonic() < end, "the models never finished loading"
-            time.sleep(1.0)
-        b = _StreamlitClient(port)
-        b.rerun()
-        b.send(clear_cache=True)
-        assert b"No model loaded yet" not in b.rerun()
-        out = a.rerun()
-        assert loaded in out and b"No model loaded yet" not in out
-    finally:
-        for c in (a, b):
-            if c is not None:
-                c.close()
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
-        log.close()
+    with streamlit_server("streamlit_app.py", free_port(), home, tmp_path / "server.log",
+                          env={"CVS_PRELOAD_MODELS": "tiny_unet,mean_shape"}) as server:
+        a = StreamlitClient(server.url)
+        b = None
+        try:
+            loaded = b"Loaded: `mean_shape`, `tiny_unet`"
+            end = time.monotonic() + 120
+            while loaded not in a.rerun():  # the first run starts the background loads
+                assert time.monotonic() < end, "the models never finished loading"
+                time.sleep(1.0)
+            b = StreamlitClient(server.url)
+            b.rerun()
+            b.send(clear_cache=True)
+            assert b"No model loaded yet" not in b.rerun()
+            out = a.rerun()
+            assert loaded in out and b"No model loaded yet" not in out
+        finally:
+            for c in (a, b):
+                if c is not None:
+                    c.close()
 
 
 def test_models_load_in_the_background_and_keras_state_survives_reruns(home):
