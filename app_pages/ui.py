@@ -79,30 +79,25 @@ def _background_load(name: str):
     return predictor
 
 
-def _in_pool(name: str) -> bool:
-    from cvs_core.pool import models
-    from cvs_core.registry import resolve_model
-
-    return str(Path(resolve_model(name)).resolve()) in models().loaded()
-
-
 def start_loading(name: str, retry_failed: bool = False) -> Future:
     """Start loading a registered model in the background (once per model version); returns its Future.
     A model evicted from the pool since loads again; a failed load is retried with ``retry_failed``."""
+    from cvs_core.pool import models
+
     version = model_version(name)
     key = (name, version)
+    folder = version.rsplit(":", 2)[0]
+    in_pool = folder in models().loaded()  # outside the lock: every page run of every session asks
     with _LOAD_LOCK:
         fut = _LOADS.get(key)
         if fut is not None and fut.done():
             failed = fut.exception() is not None
-            if (failed and retry_failed) or (not failed and not _in_pool(name)):
+            if (failed and retry_failed) or (not failed and not in_pool):
                 fut = None
         if fut is None:
             older = [k for k in _LOADS if k[0] == name and k != key]
             if older:  # the model folder was replaced: drop the old weights from the pool first
-                from cvs_core.pool import models
-
-                models().discard(version.rsplit(":", 2)[0])
+                models().discard(folder)
                 for k in older:
                     del _LOADS[k]
             fut = _LOADS[key] = _LOADER.submit(_background_load, name)
