@@ -92,7 +92,8 @@ with st.container(border=True):
             ss["ann_dataset"] = ss.pop("ann_dataset_new")
         dataset = st.selectbox("Dataset", datasets, key="ann_dataset",
                                placeholder="no dataset yet — create one →",
-                               help=f"Folders under `{astore.datasets_root()}`: images + labels.csv + state.json.")
+                               help="Folders under `datasets/` in the lab's data directory: images + labels.csv + "
+                                    "state.json.")
         who = st.text_input("Your name (saved with every correction)", key="ann_who", placeholder="e.g. A. Student")
     with c2:
         with st.expander("New dataset / add images", expanded=not datasets, icon=":material/add_photo_alternate:"):
@@ -284,16 +285,17 @@ with e1:
     if ss.get("ann_zip") and ss["ann_zip"][0] == store.name:
         d2.download_button("Download zip", ss["ann_zip"][1], file_name=f"{store.name}.zip", mime="application/zip",
                            key="ann_dl_zip", width="stretch")
-    st.caption(f"Saved continuously to `{store.folder}`.")
+    st.caption(f"Saved continuously to the dataset **{safe_markdown(store.name)}** (its folder under "
+               "`datasets/` in the lab's data directory).")
 
 with e2:
     from cvs_core import runs
 
     st.markdown("#### :material/model_training: Fine-tune on the corrected images")
-    f1, f2, f3 = st.columns(3)
     base_names = [n for n in names if n.startswith("unet")] or names
-    base = f1.selectbox("Start from", base_names, key="ann_ft_base",
+    base = st.selectbox("Start from", base_names, key="ann_ft_base",  # full width: model names are long
                         index=base_names.index("unet_heatmap") if "unet_heatmap" in base_names else 0)
+    f2, f3 = st.columns([1, 2])
     epochs = f2.number_input("Epochs", 1, 500, 10, key="ann_ft_epochs")
     ft_name = f3.text_input("New model name", f"{store.name}_ft", key="ann_ft_name")
     n_corr = store.counts()["corrected"]

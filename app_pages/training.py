@@ -8,8 +8,9 @@ from cvs_core import runs, viz
 from cvs_core import train_request as tr
 from cvs_core.access import safe_markdown
 
-ui.page_header("Training", "Train a landmark model in the background. Each run is a separate process writing to "
-               f"`{runs.runs_dir()}`, so it survives page refreshes and app restarts.", ":material/model_training:")
+ui.page_header("Training", "Train a landmark model in the background. Each run is a separate process writing to its "
+               "folder under `runs/` in the lab's data directory, so it survives page refreshes and app restarts.",
+               ":material/model_training:")
 
 ss = st.session_state
 

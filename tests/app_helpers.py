@@ -68,64 +68,91 @@ class ServerDidNotStart(RuntimeError):
 
 
 class StreamlitServer:
-    """A running ``streamlit run`` (see :func:`streamlit_server`): ``url``, ``pid`` (the process group
-    leader; its children are the server's), ``log_path``."""
+    """``streamlit run script`` (relative to the repository, or absolute) on 127.0.0.1:``port`` with
+    ``CVS_HOME=home`` (None: this process's) plus ``env``, the repository as working directory (its
+    ``.streamlit/config.toml`` applies), started in its own process group (session) and logged to
+    ``log`` (a path, or a name under ``tests/artifacts``; appended with ``append_log``). The
+    constructor returns once ``/_stcore/health`` answers and raises :class:`ServerDidNotStart` with the
+    log's tail otherwise. ``url``, ``pid`` (the process group leader), ``log_path``.
 
-    def __init__(self, url: str, pid: int, log_path: Path):
-        self.url, self.pid, self.log_path = url, pid, log_path
+    ``stop()`` ends it politely (SIGTERM to the group, SIGKILL after 15 s); ``kill(sig)`` sends one
+    signal to the group and waits for the server process to exit — a crash or an operator's
+    ``kill -9``. Processes the server started in sessions of their own (training runs) are not in
+    its group and are not signalled."""
 
+    def __init__(self, script: str, port: int, home: Path | None, log: str | Path, timeout_s: float = 90,
+                 env: dict[str, str] | None = None, append_log: bool = False):
+        import subprocess
+        import sys
+        import time
+        import urllib.request
 
-@contextlib.contextmanager
-def streamlit_server(script: str, port: int, home: Path | None, log_path: Path, timeout_s: float = 90,
-                     env: dict[str, str] | None = None):
-    """Start ``streamlit run script`` (relative to the repository, or absolute) on 127.0.0.1:``port``
-    with ``CVS_HOME=home`` (None: this process's) plus ``env``, the repository as working directory
-    (its ``.streamlit/config.toml`` applies) and the server's output in ``log_path``; a context manager that
-    gives a :class:`StreamlitServer` once ``/_stcore/health`` answers and stops the server (its whole
-    process group) afterwards. Raises :class:`ServerDidNotStart` when it does not come up in
-    ``timeout_s``. Usable from scripts (the benches) as well as from pytest fixtures."""
-    import signal
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    full_env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
-    if home is not None:
-        full_env["CVS_HOME"] = str(home)
-    log_path = Path(log_path)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", script, "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true",
-                             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-                            cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
+        full_env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+        if home is not None:
+            full_env["CVS_HOME"] = str(home)
+        self.log_path = Path(log) if Path(log).is_absolute() else ARTIFACTS / log
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab" if append_log else "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", script, "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+             "--server.fileWatcherType", "none"],
+            cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid = self.proc.pid
+        self.url = f"http://127.0.0.1:{port}"
         deadline = time.time() + timeout_s
         up = False
-        while time.time() < deadline and proc.poll() is None:
+        while time.time() < deadline and self.proc.poll() is None:
             try:
-                up = urllib.request.urlopen(url + "/_stcore/health", timeout=2).read().strip() == b"ok"
+                up = urllib.request.urlopen(self.url + "/_stcore/health", timeout=2).read().strip() == b"ok"
             except OSError:
                 pass
             if up:
                 break
             time.sleep(0.3)
         if not up:
-            why = (f"exited with code {proc.returncode}" if proc.poll() is not None
+            why = (f"exited with code {self.proc.returncode}" if self.proc.poll() is not None
                    else f"did not answer in {timeout_s:.0f} s")
-            raise ServerDidNotStart(f"streamlit on port {port} {why}:\n" + log_path.read_text(errors="replace")[-3000:])
-        yield StreamlitServer(url, proc.pid, log_path)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+            self.kill()
+            raise ServerDidNotStart(f"streamlit on port {port} {why}:\n"
+                                    + self.log_path.read_text(errors="replace")[-3000:])
+
+    def kill(self, sig: int | None = None, timeout_s: float = 30) -> int:
+        """Send ``sig`` (default SIGKILL) to the server's process group; wait for the server to exit
+        (SIGKILL after ``timeout_s``). Returns its exit code."""
+        import signal
+        import subprocess
+
+        sig = signal.SIGKILL if sig is None else sig
+        if self.proc.poll() is None:
             try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
+                os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self._log.close()
+        return self.proc.returncode
+
+    def stop(self) -> int:
+        import signal
+
+        return self.kill(signal.SIGTERM, timeout_s=15)
+
+
+@contextlib.contextmanager
+def streamlit_server(script: str, port: int, home: Path | None, log_path: Path, timeout_s: float = 90,
+                     env: dict[str, str] | None = None):
+    """A :class:`StreamlitServer` as a context manager (stopped afterwards). Usable from scripts (the
+    benches) as well as from pytest fixtures."""
+    server = StreamlitServer(script, port, home, log_path, timeout_s, env)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def serve_streamlit(script: str, port: int, home: Path, log_name: str, timeout_s: float = 90,
@@ -243,3 +270,99 @@ class StreamlitClient:
 
     def close(self):
         self.ws.close()
+
+
+# ----------------------------------------------------------------------------- training runs (the run tests)
+def tiny_config(epochs: int = 1, phantoms: int = 8, val_phantoms: int = 2, **kw):
+    """A TrainConfig that trains in seconds: ``unet_heatmap`` with 4 base filters and depth 2 on a
+    96×40 (rows × columns) input, batch 4, ``phantoms`` fresh phantoms an epoch. ``kw``: other
+    TrainConfig fields (patience, lr, name …)."""
+    from cvs_core.preprocess import PreprocessConfig
+    from cvs_core.train import TrainConfig
+
+    return TrainConfig(model="unet_heatmap", phantoms=phantoms, val_phantoms=val_phantoms, epochs=epochs,
+                       batch_size=4, builder_kwargs=dict(base_filters=4, depth=2),
+                       preprocess=PreprocessConfig(input_size=(96, 40), resize_first=False).to_dict(), **kw)
+
+
+def wait_for_run(run_id: str, statuses, timeout: float = 150.0, poll_s: float = 0.3) -> dict:
+    """Poll ``runs.run_info`` until the run's status is one of ``statuses``; returns that info.
+    Fails with the run's log tail after ``timeout`` seconds."""
+    import time
+
+    from cvs_core import runs
+
+    deadline = time.time() + timeout
+    info = runs.run_info(run_id)
+    while info["status"] not in statuses and time.time() < deadline:
+        time.sleep(poll_s)
+        info = runs.run_info(run_id)
+    assert info["status"] in statuses, f"run {run_id} stayed {info['status']!r}; log:\n{runs.log_tail(run_id, 40)}"
+    return info
+
+
+# ----------------------------------------------------------------------------- browser pages (test_browser*.py)
+DOCS_SHOTS = ROOT / "docs" / "screenshots"
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+
+
+def needs_chromium():
+    """The ``skipif`` mark of every browser test: Debian's Chromium is never downloaded."""
+    import pytest
+
+    return pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                              "(apt-get install chromium chromium-driver, or `make browser`); never downloaded")
+
+
+def browser_page(browser, width: int = 1280, height: int = 900, record_outside: bool = False):
+    """A generator yielding a new page (own browser context, ``width``×``height`` CSS px, device scale
+    1) and closing its context afterwards; a ``page`` fixture's body. With ``record_outside``,
+    ``page.outside`` lists every http(s)/ws(s) request to a host other than 127.0.0.1/localhost."""
+    import urllib.parse
+
+    ctx = browser.new_context(viewport={"width": width, "height": height}, device_scale_factor=1)
+    page = ctx.new_page()
+    if record_outside:
+        page.outside = []
+
+        def on_request(req):
+            url = urllib.parse.urlparse(req.url)
+            if url.scheme in ("http", "https", "ws", "wss") and url.hostname not in LOCAL_HOSTS:
+                page.outside.append(req.url)
+
+        page.on("request", on_request)
+    try:
+        yield page
+    finally:
+        ctx.close()
+
+
+def wait_idle(page, timeout_ms: int = 120_000) -> None:
+    """Until the app has rendered and no script run or spinner is showing, plus 0.5 s."""
+    page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_ms)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"] [data-testid=\"stStatusWidgetRunningIcon\"]')"
+        " && !document.querySelector('[data-testid=\"stSpinner\"]')", timeout=timeout_ms)
+    page.wait_for_timeout(500)
+
+
+def screenshot(page, name: str, full_page: bool = True, settle_ms: int = 500) -> Path:
+    """``tests/artifacts/<name>.png``; with ``full_page`` the viewport first grows to the content's
+    height (at most 4000 px: Streamlit scrolls inside its main container) and waits ``settle_ms`` for
+    charts to re-lay out. Also copied to docs/screenshots/ with ``CVS_UPDATE_SCREENSHOTS=1``."""
+    import shutil
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    size = page.viewport_size
+    if full_page:
+        height = page.evaluate("() => { const m = document.querySelector('[data-testid=\"stMain\"]');"
+                               " return m ? m.scrollHeight : document.body.scrollHeight; }")
+        page.set_viewport_size({"width": size["width"], "height": min(max(int(height), size["height"]), 4000)})
+        page.wait_for_timeout(settle_ms)
+    page.screenshot(path=str(path), full_page=full_page)
+    page.set_viewport_size(size)
+    if os.environ.get("CVS_UPDATE_SCREENSHOTS") == "1":
+        DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, DOCS_SHOTS / f"{name}.png")
+    return path

@@ -14,24 +14,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
 import time
 import urllib.parse
 import urllib.request
 
 import pytest
-from app_helpers import make_tiny_models, ARTIFACTS, CHROMIUM, ROOT, launch_chromium, serve_streamlit
+from app_helpers import (ARTIFACTS, LOCAL_HOSTS, ROOT, browser_page, launch_chromium, make_tiny_models, needs_chromium,
+                         screenshot, serve_streamlit)
 
-DOCS_SHOTS = ROOT / "docs" / "screenshots"
 PORT = int(os.environ.get("CVS_BROWSER_PORT", "8517"))
 WIDTH = 1280
-LOCAL_HOSTS = ("127.0.0.1", "localhost")
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
-                       "(apt-get install chromium chromium-driver, or `make browser`); never downloaded"),
+    needs_chromium(),
 ]
 
 
@@ -58,34 +55,11 @@ def page(browser):
     from playwright.sync_api import expect
 
     expect.set_options(timeout=120_000)
-    ctx = browser.new_context(viewport={"width": WIDTH, "height": 900}, device_scale_factor=1)
-    pg = ctx.new_page()
-    pg.outside = []
-
-    def on_request(req):
-        url = urllib.parse.urlparse(req.url)
-        if url.scheme in ("http", "https", "ws", "wss") and url.hostname not in LOCAL_HOSTS:
-            pg.outside.append(req.url)
-
-    pg.on("request", on_request)
-    yield pg
-    ctx.close()
+    yield from browser_page(browser, WIDTH, 900, record_outside=True)
 
 
 def shot(page, name: str, full_page: bool = True):
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
-    size = page.viewport_size
-    if full_page:  # Streamlit scrolls inside its main container: grow the viewport to the content
-        height = page.evaluate("() => { const m = document.querySelector('[data-testid=\"stMain\"]');"
-                               " return m ? m.scrollHeight : document.body.scrollHeight; }")
-        page.set_viewport_size({"width": size["width"], "height": min(max(int(height), size["height"]), 4000)})
-        page.wait_for_timeout(500)  # let plotly re-layout to the new height (the picture only)
-    page.screenshot(path=str(path), full_page=full_page)
-    page.set_viewport_size(size)
-    if os.environ.get("CVS_UPDATE_SCREENSHOTS") == "1":
-        DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, DOCS_SHOTS / f"{name}.png")
+    screenshot(page, name, full_page=full_page)
 
 
 def check_layout(page):

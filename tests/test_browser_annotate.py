@@ -12,14 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
-from app_helpers import ARTIFACTS, CHROMIUM, ROOT, free_port, launch_chromium, serve_streamlit
+from app_helpers import (ARTIFACTS, ROOT, browser_page, free_port, launch_chromium, needs_chromium, serve_streamlit,
+                         wait_idle)
 
 PORT = 8521
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
-                       "(apt-get install chromium chromium-driver, or `make browser`); never downloaded"),
+    needs_chromium(),
     pytest.mark.skipif(not (ROOT / "models" / "unet_heatmap" / "model.keras").is_file(),
                        reason="needs the shipped unet_heatmap model (make run / cvs ensure-models)"),
 ]
@@ -44,18 +44,7 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    ctx = browser.new_context(viewport={"width": 1440, "height": 1000}, device_scale_factor=1)
-    pg = ctx.new_page()
-    yield pg
-    ctx.close()
-
-
-def wait_idle(page, timeout_ms: int = 120_000):
-    page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_ms)
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"] [data-testid=\"stStatusWidgetRunningIcon\"]')"
-        " && !document.querySelector('[data-testid=\"stSpinner\"]')", timeout=timeout_ms)
-    page.wait_for_timeout(500)
+    yield from browser_page(browser, 1440, 1000)
 
 
 def _csv_point(home: Path, image: str, index1: int) -> tuple[float, float, str]:

@@ -11,23 +11,21 @@ Home into docs/screenshots/.
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import time
 
 import pytest
-from app_helpers import ARTIFACTS, CHROMIUM, ROOT, free_port, launch_chromium, serve_streamlit
+from app_helpers import (ARTIFACTS, ROOT, browser_page, free_port, launch_chromium, needs_chromium, screenshot,
+                         serve_streamlit)
+from app_helpers import wait_idle as shared_wait_idle
 
-DOCS_SHOTS = ROOT / "docs" / "screenshots"
 PORT = 8523
 WIDTH = 1280
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
-                       "(apt-get install chromium chromium-driver, or `make browser`); never downloaded"),
+    needs_chromium(),
     pytest.mark.skipif(not all((ROOT / "models" / m / "model.keras").is_file()
                                for m in ("unet_heatmap", "inception_resnet_v2")),
                        reason="needs the shipped demo models (make run / cvs ensure-models)"),
@@ -49,34 +47,16 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    ctx = browser.new_context(viewport={"width": WIDTH, "height": 900}, device_scale_factor=1)
-    pg = ctx.new_page()
-    yield pg
-    ctx.close()
+    yield from browser_page(browser, WIDTH, 900)
 
 
-def wait_idle(page, timeout_ms: int = 240_000):
-    page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_ms)
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"] [data-testid=\"stStatusWidgetRunningIcon\"]')"
-        " && !document.querySelector('[data-testid=\"stSpinner\"]')", timeout=timeout_ms)
-    page.wait_for_timeout(500)
+def wait_idle(page, timeout_ms: int = 240_000):  # the InceptionResNetV2 takes its time on a loaded CPU
+    shared_wait_idle(page, timeout_ms)
 
 
 def shot(page, name: str):
-    """A full-height screenshot at 1280 px (the viewport grows to the content: Streamlit scrolls
-    inside its main container), copied to docs/screenshots/ with CVS_UPDATE_SCREENSHOTS=1."""
-    path = ARTIFACTS / f"{name}.png"
-    size = page.viewport_size
-    height = page.evaluate("() => { const m = document.querySelector('[data-testid=\"stMain\"]');"
-                           " return m ? m.scrollHeight : document.body.scrollHeight; }")
-    page.set_viewport_size({"width": size["width"], "height": min(max(int(height), size["height"]), 4000)})
-    page.wait_for_timeout(700)
-    page.screenshot(path=str(path), full_page=True)
-    page.set_viewport_size(size)
-    if os.environ.get("CVS_UPDATE_SCREENSHOTS") == "1":
-        DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, DOCS_SHOTS / f"{name}.png")
+    """A full-height screenshot at 1280 px (copied to docs/screenshots/ with CVS_UPDATE_SCREENSHOTS=1)."""
+    screenshot(page, name, settle_ms=700)
 
 
 def no_sideways_scroll(page):

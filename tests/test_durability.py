@@ -15,19 +15,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from app_helpers import tiny_config, wait_for_run
 from cvs_core import runs
-from cvs_core.preprocess import PreprocessConfig
-from cvs_core.train import TrainConfig, read_best
+from cvs_core.train import read_best
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def tiny_config(epochs: int, phantoms: int = 32) -> TrainConfig:
-    return TrainConfig(model="unet_heatmap", phantoms=phantoms, val_phantoms=4, epochs=epochs, batch_size=4,
-                       early_stopping_patience=100, reduce_lr_patience=100, lr=3e-3,
-                       builder_kwargs=dict(base_filters=4, depth=2),
-                       preprocess=PreprocessConfig(input_size=(96, 40), resize_first=False).to_dict())
+def durable_config(epochs: int, phantoms: int = 32):
+    """The tiny config without early stopping or LR drops (every epoch runs), 4 validation phantoms."""
+    return tiny_config(epochs, phantoms, val_phantoms=4, early_stopping_patience=100, reduce_lr_patience=100, lr=3e-3)
 
 
 @pytest.fixture
@@ -39,17 +37,6 @@ def home(tmp_path, monkeypatch):
 def _env(home: Path) -> dict:
     env = dict(os.environ, CVS_HOME=str(home), PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
     return env
-
-
-def wait_for(run_id: str, statuses, timeout: float = 240.0) -> dict:
-    deadline = time.time() + timeout
-    info = runs.run_info(run_id)
-    while time.time() < deadline:
-        info = runs.run_info(run_id)
-        if info["status"] in statuses:
-            return info
-        time.sleep(0.3)
-    raise AssertionError(f"run {run_id} stayed {info['status']!r}; log:\n{runs.log_tail(run_id, 40)}")
 
 
 def wait_epochs(d: Path, n: int, timeout: float = 240.0) -> None:
@@ -69,13 +56,13 @@ def _weights(path: Path):
 
 
 def test_sigkill_mid_epoch_then_resume_exports_the_best_checkpoint(home):
-    run_id = runs.start_run(tiny_config(epochs=5, phantoms=48), owner="alice")  # 12 steps an epoch
+    run_id = runs.start_run(durable_config(epochs=5, phantoms=48), owner="alice")  # 12 steps an epoch
     d = runs.run_dir(run_id)
     wait_epochs(d, 2)
     time.sleep(0.2)  # into the next epoch
     os.killpg(runs.run_info(run_id)["pid"], signal.SIGKILL)
     runs._CHILDREN.clear()  # as after an app restart: only the disk and the registry remain
-    info = wait_for(run_id, runs.FINAL, timeout=30)
+    info = wait_for_run(run_id, runs.FINAL, timeout=30)
     assert info["status"] == "interrupted" and info["resumable"], info
     assert info["resume_command"] == f"cvs train --resume --out {d}"
     done_before = json.loads((d / "state.json").read_text())["epoch"]
@@ -86,7 +73,7 @@ def test_sigkill_mid_epoch_then_resume_exports_the_best_checkpoint(home):
     assert best_before and (d / "checkpoints" / best_before["file"]).is_file()
 
     runs.resume_run(run_id, owner="alice")
-    info = wait_for(run_id, ("succeeded", "failed", "interrupted"))
+    info = wait_for_run(run_id, ("succeeded", "failed", "interrupted"), timeout=240)
     assert info["status"] == "succeeded", runs.log_tail(run_id, 40)
     assert f"after epoch {done_before}" in runs.log_tail(run_id, 200)
 
@@ -118,7 +105,7 @@ def _list_in_new_process(home: Path) -> list[dict]:
 def test_cli_run_outside_home_is_listed_interrupted_and_resumed_by_one_command(home, tmp_path):
     out_dir = tmp_path / "elsewhere" / "my_run"
     cfg = tmp_path / "config.json"
-    cfg.write_text(tiny_config(epochs=4).to_json())
+    cfg.write_text(durable_config(epochs=4).to_json())
     cmd = [sys.executable, "-m", "cvs_core.cli", "train", "--config", str(cfg), "--out", str(out_dir), "--quiet"]
     proc = subprocess.Popen(cmd, env=_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

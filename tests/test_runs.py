@@ -11,32 +11,14 @@ import zipfile
 
 import pytest
 
+from app_helpers import tiny_config, wait_for_run
 from cvs_core import registry, runs
-from cvs_core.preprocess import PreprocessConfig
-from cvs_core.train import TrainConfig
-
-
-def tiny_config(epochs: int = 1, phantoms: int = 8, **kw) -> TrainConfig:
-    return TrainConfig(model="unet_heatmap", phantoms=phantoms, val_phantoms=2, epochs=epochs, batch_size=4,
-                       builder_kwargs=dict(base_filters=4, depth=2),
-                       preprocess=PreprocessConfig(input_size=(96, 40), resize_first=False).to_dict(), **kw)
 
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("CVS_HOME", str(tmp_path / "cvs"))
     return tmp_path / "cvs"
-
-
-def wait_for(run_id: str, statuses, timeout: float = 150.0) -> dict:
-    deadline = time.time() + timeout
-    info = runs.run_info(run_id)
-    while time.time() < deadline:
-        info = runs.run_info(run_id)
-        if info["status"] in statuses:
-            return info
-        time.sleep(0.5)
-    raise AssertionError(f"run {run_id} stayed {info['status']!r}; log:\n{runs.log_tail(run_id, 40)}")
 
 
 def wait_running(run_id: str, timeout: float = 90.0) -> None:
@@ -56,7 +38,7 @@ def test_start_list_metrics_register(home):
     assert [r["id"] for r in listed] == [run_id]
     assert listed[0]["status"] in ("starting", "running")
 
-    info = wait_for(run_id, runs.FINAL)
+    info = wait_for_run(run_id, runs.FINAL)
     assert info["status"] == "succeeded", runs.log_tail(run_id, 40)
     assert info["progress"] == 1.0 and info["epoch"] == 2 and info["epochs"] == 2
     assert info["best"] is not None and info["model_dir"]
@@ -90,7 +72,7 @@ def test_killed_run_shows_interrupted_even_after_app_restart(home):
     time.sleep(1.0)
     os.killpg(pid, signal.SIGKILL)
     runs._CHILDREN.clear()  # as if the app had restarted: only the files on disk remain
-    info = wait_for(run_id, runs.FINAL, timeout=20)
+    info = wait_for_run(run_id, runs.FINAL, timeout=20)
     assert info["status"] == "interrupted"
     assert "process exited" in info["status_text"] and info["resumable"]
     assert runs.run_info(run_id)["status"] == "interrupted"  # persisted
@@ -137,7 +119,7 @@ def test_active_run_limit(home, monkeypatch):
             runs.start_run(tiny_config())
     finally:
         runs.cancel(first, wait_s=30)
-    wait_for(first, ("cancelled", "failed", "succeeded"))
+    wait_for_run(first, ("cancelled", "failed", "succeeded"))
     second = runs.start_run(tiny_config())  # a slot is free again
     runs.cancel(second, wait_s=30)
 
