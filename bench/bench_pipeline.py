@@ -180,6 +180,8 @@ def compare(study: StudyStyle, ours: Ours, dataset, block: int = 8) -> dict:
     from bench.timing import interleaved_rounds
 
     n = len(dataset)
+    if block < 1 or n < 1:
+        raise ValueError(f"need ≥ 1 image and a block of ≥ 1 image, got {n} images, block {block}")
     blocks = [list(range(i, min(i + block, n))) for i in range(0, n, block)]
     subsets = [_subset(dataset, idx) for idx in blocks]
     study(subsets[0].image_paths)
@@ -301,6 +303,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-memory", action="store_true", help="skip the N vs 4N peak-RSS subprocesses")
     p.add_argument("--tiny", action="store_true", help="train and use the tiny test model")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--out", help="also write the result as JSON to this file")
     p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -311,6 +314,8 @@ def main(argv=None) -> int:
             block=args.block)
     if args.json:
         print(json.dumps(r, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(r, indent=2))
     return 0 if r["passed"] else 1
 
 
