@@ -5,11 +5,17 @@ same machine, ≥ 3× end-to-end throughput; dataset evaluation streams from dis
 flat in the number of images.
 
 On N phantoms written to a temporary folder (default 64):
-(a) study-style: for each image ``cv2.imread`` → preprocess → ``model.predict(x[None])`` → decode
-    → ROI frame, in plain Python (the same Keras model, preprocessing and codec as ours);
-(b) ours: ``cvs_core.evaluate.predict_dataset`` (batches read ahead on a thread, one compiled
-    ``Predictor`` call per batch), cache off.
-Both are warmed up first (model load and tracing excluded), and produce the same landmarks.
+(a) study-style (:class:`StudyStyle`): for each image ``cv2.imread`` → preprocess →
+    ``model.predict(x[None])`` → decode → ROI frame, in plain Python (the same Keras model,
+    preprocessing and codec as ours), as the study's notebook does;
+(b) ours (:class:`Ours`): ``cvs_core.evaluate.predict_dataset`` (the next batch read on a helper
+    thread, one compiled ``Predictor`` call per batch, fed in chunks of ``Predictor.max_batch``), cache off.
+Both are loaded and warmed up first (model load and tracing excluded). Timing (:func:`compare`): the
+images are cut into blocks of ``--block`` (8) and the two pipelines take turns block by block —
+study then ours on block 0, ours then study on block 1, … — each block timed, so drifting load from
+other processes hits both alike. Reported: the ratio of the summed times (study / ours = our
+throughput over the study's), the per-block ratios' median and range, and the largest landmark
+difference between (a) and (b) over all images (must be < 0.05 px).
 Then peak RSS (``resource.getrusage``) of (b) for N and 4N images, each in its own subprocess.
 
 Model: ``--model DIR`` or, by default, ``models/unet_heatmap`` when it holds a model; otherwise an
@@ -17,7 +23,7 @@ untrained model of the shipped architecture (unet_heatmap 384×160, 16 filters, 
 into a temporary folder — throughput does not depend on the weights. ``--tiny`` trains the tiny
 test model instead.
 
-Run: ``.venv/bin/python bench/bench_pipeline.py [--n 64] [--model DIR]``; ``run() -> dict``.
+Run: ``.venv/bin/python bench/bench_pipeline.py [--n 64] [--block 8] [--model DIR]``; ``run() -> dict``.
 """
 from __future__ import annotations
 
@@ -104,39 +110,99 @@ def default_model(workdir: Path, tiny: bool = False) -> tuple[Path, str]:
     return folder, "untrained unet_heatmap 384×160, 16 filters, depth 4 (shipped architecture)"
 
 
-def study_style(folder: Path, dataset, warmup: bool = True) -> tuple[np.ndarray, float]:
-    """Per-image loop with per-image ``model.predict``. Returns ``(pred (N, 19, 2) ROI px, seconds)``."""
-    import cv2
+class StudyStyle:
+    """The study's evaluation loop (its notebook): per image ``cv2.imread`` → preprocess →
+    ``model.predict(x[None])`` (Keras, batch of one) → decode → ROI frame, in plain Python. Same
+    Keras model, preprocessing and codec as ours; the model is loaded and one ``predict`` warms it.
+    ``study(paths)`` → ``(n, 19, 2)`` landmarks, ROI px, (x, y)."""
 
-    from cvs_core.codecs import codec_from_dict
-    from cvs_core.preprocess import PreprocessConfig, preprocess
-    from cvs_core.registry import load_keras_model, read_manifest
+    def __init__(self, folder: Path, warmup: bool = True):
+        from cvs_core.codecs import codec_from_dict
+        from cvs_core.preprocess import PreprocessConfig
+        from cvs_core.registry import load_keras_model, read_manifest
 
-    manifest = read_manifest(folder)
-    config = PreprocessConfig.from_dict(manifest["preprocess"])
-    codec = codec_from_dict(manifest["codec"])
-    model = load_keras_model(folder)
-    if warmup:
-        model.predict(np.zeros((1, *model.input_shape[1:]), np.float32), verbose=0)
-    out = []
-    t0 = time.perf_counter()
-    for path in dataset.image_paths:
-        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-        pre = preprocess(image, config)
-        raw = model.predict(pre.image[None], verbose=0)[0]
-        pts, _conf = codec.decode(raw)
-        out.append(pre.model_to_roi(pts))
-    return np.asarray(out), time.perf_counter() - t0
+        manifest = read_manifest(folder)
+        self.config = PreprocessConfig.from_dict(manifest["preprocess"])
+        self.codec = codec_from_dict(manifest["codec"])
+        self.model = load_keras_model(folder)
+        if warmup:
+            self.model.predict(np.zeros((1, *self.model.input_shape[1:]), np.float32), verbose=0)
+
+    def __call__(self, paths) -> np.ndarray:
+        import cv2
+
+        from cvs_core.preprocess import preprocess
+
+        out = []
+        for path in paths:
+            image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+            pre = preprocess(image, self.config)
+            raw = self.model.predict(pre.image[None], verbose=0)[0]
+            pts, _conf = self.codec.decode(raw)
+            out.append(pre.model_to_roi(pts))
+        return np.asarray(out, np.float64).reshape(-1, 19, 2)
 
 
-def ours(folder: Path, dataset, batch_size: int = 8) -> tuple[np.ndarray, float]:
-    from cvs_core.evaluate import predict_dataset
-    from cvs_core.predict import Predictor
+class Ours:
+    """``cvs_core.evaluate.predict_dataset`` with a loaded (and warmed) ``Predictor``, cache off.
+    ``ours(dataset)`` → ``(n, 19, 2)`` landmarks, ROI px, (x, y)."""
 
-    predictor = Predictor(folder)  # loads and warms up
-    t0 = time.perf_counter()
-    pset = predict_dataset(predictor, dataset, batch_size=batch_size, use_cache=False)
-    return pset.pred, time.perf_counter() - t0
+    def __init__(self, folder: Path, batch_size: int = 8):
+        from cvs_core.predict import Predictor
+
+        self.predictor = Predictor(folder)  # loads and warms up
+        self.batch_size = batch_size
+
+    def __call__(self, dataset) -> np.ndarray:
+        from cvs_core.evaluate import predict_dataset
+
+        return predict_dataset(self.predictor, dataset, batch_size=self.batch_size, use_cache=False).pred
+
+
+def _subset(dataset, idx):
+    """The images ``idx`` of ``dataset`` as a Dataset of their own."""
+    import dataclasses
+
+    return dataclasses.replace(dataset, names=[dataset.names[i] for i in idx],
+                               image_paths=[dataset.image_paths[i] for i in idx],
+                               landmarks=None if dataset.landmarks is None else dataset.landmarks[idx],
+                               stages=None if dataset.stages is None else dataset.stages[idx])
+
+
+def compare(study: StudyStyle, ours: Ours, dataset, block: int = 8) -> dict:
+    """Both pipelines over the same images in interleaved blocks of ``block`` images: block 0 study
+    then ours, block 1 ours then study, … (``bench/timing.interleaved_rounds``), each block timed.
+
+    Before timing, both run once on the first block (untimed: first-call costs of a new batch
+    shape). Returns the summed seconds, ``ratio`` = study seconds / our seconds (= our throughput
+    over the study's), the per-block ratios (median, min, max), and ``max_landmark_diff_px``
+    between the two pipelines' landmarks ``(N, 19, 2)`` over all images."""
+    from bench.timing import interleaved_rounds
+
+    n = len(dataset)
+    if block < 1 or n < 1:
+        raise ValueError(f"need ≥ 1 image and a block of ≥ 1 image, got {n} images, block {block}")
+    blocks = [list(range(i, min(i + block, n))) for i in range(0, n, block)]
+    subsets = [_subset(dataset, idx) for idx in blocks]
+    study(subsets[0].image_paths)
+    ours(subsets[0])
+    timed = interleaved_rounds({"study": lambda k: study(subsets[k].image_paths), "ours": lambda k: ours(subsets[k])},
+                               len(blocks), rotate=True, keep_results=True)
+    pred_study = np.concatenate(timed.results["study"])
+    pred_ours = np.concatenate(timed.results["ours"])
+    if pred_study.shape != (n, 19, 2) or pred_ours.shape != (n, 19, 2):
+        raise RuntimeError(f"pipelines returned {pred_study.shape} / {pred_ours.shape} landmarks for {n} images")
+    both = np.isfinite(pred_study) & np.isfinite(pred_ours)
+    if not np.array_equal(np.isfinite(pred_study), np.isfinite(pred_ours)):
+        max_diff = float("inf")  # one pipeline found a landmark the other missed
+    else:
+        max_diff = float(np.abs(pred_study - pred_ours)[both].max()) if both.any() else 0.0
+    t_study, t_ours = timed.total("study"), timed.total("ours")
+    per_block = np.asarray(timed.seconds["study"]) / np.asarray(timed.seconds["ours"])
+    return dict(block=block, n_blocks=len(blocks), study_s=t_study, ours_s=t_ours, ratio=t_study / t_ours,
+                block_ratio_median=float(np.median(per_block)), block_ratio_min=float(per_block.min()),
+                block_ratio_max=float(per_block.max()), block_ratios=[round(float(r), 3) for r in per_block],
+                max_landmark_diff_px=max_diff)
 
 
 def _child(args) -> None:
@@ -144,10 +210,8 @@ def _child(args) -> None:
     from cvs_core.evaluate import load_dataset, predict_dataset
     from cvs_core.predict import Predictor
 
-    ds = load_dataset(Path(args.data) / "labels.csv", Path(args.data) / "images")
     n = int(args.n)
-    ds.names, ds.image_paths, ds.landmarks = ds.names[:n], ds.image_paths[:n], ds.landmarks[:n]
-    ds.stages = ds.stages[:n] if ds.stages is not None else None
+    ds = _subset(load_dataset(Path(args.data) / "labels.csv", Path(args.data) / "images"), list(range(n)))
     predictor = Predictor(Path(args.model))
     before = _peak_rss_mb()
     rss_start = _current_rss_mb()
@@ -171,7 +235,7 @@ def _measure_memory(model: Path, data: Path, n: int, batch_size: int) -> dict:
 
 
 def run(n: int = 64, model: str | None = None, batch_size: int = 8, memory: bool = True, tiny: bool = False,
-        verbose: bool = True) -> dict:
+        verbose: bool = True, block: int = 8) -> dict:
     from cvs_core.evaluate import load_dataset
     from cvs_core.synth import write_phantom_dataset
 
@@ -186,18 +250,17 @@ def run(n: int = 64, model: str | None = None, batch_size: int = 8, memory: bool
         write_phantom_dataset(tmp / "phantoms", n=n_total, seed=123)
         t_write = time.perf_counter() - t0
         full = load_dataset(tmp / "phantoms" / "labels.csv", tmp / "phantoms" / "images")
-        ds = load_dataset(tmp / "phantoms" / "labels.csv", tmp / "phantoms" / "images")
-        ds.names, ds.image_paths, ds.landmarks = ds.names[:n], ds.image_paths[:n], ds.landmarks[:n]
-        ds.stages = ds.stages[:n]
+        ds = _subset(full, list(range(n)))
 
-        pred_a, t_a = study_style(folder, ds)
-        pred_b, t_b = ours(folder, ds, batch_size=batch_size)
-        max_diff = float(np.nanmax(np.abs(pred_a - pred_b))) if np.isfinite(pred_a).any() else float("nan")
+        load_before = os.getloadavg()
+        cmp = compare(StudyStyle(folder), Ours(folder, batch_size=batch_size), ds, block=block)
+        t_a, t_b, max_diff = cmp["study_s"], cmp["ours_s"], cmp["max_landmark_diff_px"]
         ips_a, ips_b = n / t_a, n / t_b
         result = dict(model=desc, n_images=n, batch_size=batch_size, cpu_count=os.cpu_count(),
-                      study_images_per_s=ips_a, ours_images_per_s=ips_b, ratio=ips_b / ips_a,
+                      study_images_per_s=ips_a, ours_images_per_s=ips_b,
                       study_ms_per_image=1e3 * t_a / n, ours_ms_per_image=1e3 * t_b / n,
-                      max_landmark_diff_px=max_diff, target_ratio=TARGET_RATIO, phantom_write_s=t_write)
+                      target_ratio=TARGET_RATIO, phantom_write_s=t_write,
+                      load_avg_before=load_before, load_avg_after=os.getloadavg(), **cmp)
         if memory:
             mem_n = _measure_memory(folder, tmp / "phantoms", n, batch_size)
             mem_4n = _measure_memory(folder, tmp / "phantoms", len(full), batch_size)
@@ -212,10 +275,13 @@ def run(n: int = 64, model: str | None = None, batch_size: int = 8, memory: bool
     if verbose:
         print(f"End-to-end evaluation throughput: {n} phantoms (250×600 PNG on disk), {desc}, "
               f"{os.cpu_count()} CPU cores")
+        print(f"  interleaved blocks of {block} images (study, ours / ours, study / …), {cmp['n_blocks']} each; "
+              f"load average before {load_before[0]:.1f}, after {result['load_avg_after'][0]:.1f}")
         print(f"  (a) study-style loop, per-image model.predict : {ips_a:8.1f} images/s  ({1e3 * t_a / n:7.1f} ms/image)")
         print(f"  (b) evaluate.predict_dataset, batch {batch_size:<3}      : {ips_b:8.1f} images/s  ({1e3 * t_b / n:7.1f} ms/image)")
-        print(f"  ratio (b)/(a) = {result['ratio']:.1f}×  (target ≥ {TARGET_RATIO:g}×)   "
-              f"same landmarks: max |Δ| = {max_diff:.2e} px")
+        print(f"  ratio (b)/(a) = {result['ratio']:.2f}× of summed times  (target ≥ {TARGET_RATIO:g}×); per block: median "
+              f"{cmp['block_ratio_median']:.2f}×, range {cmp['block_ratio_min']:.2f}–{cmp['block_ratio_max']:.2f}×")
+        print(f"  same landmarks: max |Δ| = {max_diff:.2e} px")
         if memory:
             print(f"  peak RSS, predict_dataset in a fresh process: N={n}: {result['peak_rss_mb_n']:.0f} MB, "
                   f"4N={4 * n}: {result['peak_rss_mb_4n']:.0f} MB  (growth {result['peak_rss_growth_mb']:+.0f} MB; "
@@ -233,18 +299,23 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--model", default=None, help="model folder (default: models/unet_heatmap or a stand-in)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
+    p.add_argument("--block", type=int, default=8, help="images per interleaved timing block")
     p.add_argument("--no-memory", action="store_true", help="skip the N vs 4N peak-RSS subprocesses")
     p.add_argument("--tiny", action="store_true", help="train and use the tiny test model")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--out", help="also write the result as JSON to this file")
     p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._child:
         _child(args)
         return 0
-    r = run(n=args.n, model=args.model, batch_size=args.batch_size, memory=not args.no_memory, tiny=args.tiny)
+    r = run(n=args.n, model=args.model, batch_size=args.batch_size, memory=not args.no_memory, tiny=args.tiny,
+            block=args.block)
     if args.json:
         print(json.dumps(r, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(r, indent=2))
     return 0 if r["passed"] else 1
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
+
+from bench.timing import interleaved_rounds  # noqa: E402
 
 
 def _samples() -> list[np.ndarray]:
@@ -63,24 +64,16 @@ def bench_model(model: str, engines: list[str], rounds: int = 15) -> dict:
         d = np.abs(lms[e] - lms["tf"]) if "tf" in lms else np.full(1, np.nan)
         out["engines"][e]["max_dpx"] = float(np.nanmax(d))
         out["engines"][e]["max_draw"] = float(np.abs(raws[e] - raws["tf"]).max()) if "tf" in raws else float("nan")
-    # timings, interleaved
-    t_single = {e: [] for e in ok}
-    t_batch = {e: [] for e in ok}
+    # timings, interleaved (bench/timing.py): every round each engine on 1 image, then each on 8
     for e in ok:  # one extra warm call each
         preds[e]._run(single)
         preds[e]._run(batch)
-    for _ in range(rounds):
-        for e in ok:
-            t0 = time.perf_counter()
-            preds[e]._run(single)
-            t_single[e].append((time.perf_counter() - t0) * 1e3)
-        for e in ok:
-            t0 = time.perf_counter()
-            preds[e]._run(batch)
-            t_batch[e].append((time.perf_counter() - t0) * 1e3 / len(batch))
+    calls = {f"single:{e}": (lambda k, e=e: preds[e]._run(single)) for e in ok}
+    calls.update({f"batch:{e}": (lambda k, e=e: preds[e]._run(batch)) for e in ok})
+    timed = interleaved_rounds(calls, rounds, rotate=False)
     for e in ok:
-        out["engines"][e]["single_ms"] = statistics.median(t_single[e])
-        out["engines"][e]["batch8_ms_per_image"] = statistics.median(t_batch[e])
+        out["engines"][e]["single_ms"] = timed.median_ms(f"single:{e}")
+        out["engines"][e]["batch8_ms_per_image"] = timed.median_ms(f"batch:{e}", per=len(batch))
     if "tf" in ok:
         for e in ok:
             out["engines"][e]["speedup_single"] = out["engines"]["tf"]["single_ms"] / out["engines"][e]["single_ms"]

@@ -139,15 +139,19 @@ def plain_process(model: str, engine: str, runs: int) -> list[float]:
     from cvs_core.imaging import read_image
     from cvs_core.predict import Predictor
 
+    sys.path.insert(0, str(REPO))
+    from bench.timing import interleaved_rounds
+
     kw = {} if engine == "tf" else {"engine": engine}
     p = Predictor.load(model, **kw)
     base = read_image(_sample_path()).as_uint8()
-    out = []
-    for n in range(runs + 1):
+
+    def call(n):
         img = np.clip(base.astype(np.int16) + np.random.default_rng(n).integers(-3, 4, base.shape), 0, 255)
-        out.append(p.predict(img.astype(np.uint8)).ms["inference"])
-        time.sleep(0.3)
-    return out[1:]
+        return p.predict(img.astype(np.uint8)).ms["inference"]
+
+    timed = interleaved_rounds({"plain": call}, runs + 1, pause_s=0.3, keep_results=True)
+    return timed.results["plain"][1:]
 
 
 def run(model: str = "inception_resnet_v2", engine: str = "tf", reruns: int = 8, driver: str = "browser",
