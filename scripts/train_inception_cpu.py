@@ -8,6 +8,7 @@
    backbone, trained on phantoms on a GPU; ``training`` in its manifest says how);
 2. renders ``--train`` training phantoms through the training pipeline (``train.build_datasets``:
    fresh phantom seeds, a share ``--wide`` cut from wide phantoms, the ``--profile`` augmentation)
+   plus ``--real-repeat`` augmented views of each labelled public image (``data/samples/train_data.csv``),
    and ``--val`` held-out validation phantoms (seeds 10,000,000+, never the scoring seed 999),
    and runs the frozen backbone over them once (float16 features in memory);
 3. trains the head alone on those features (``--epochs``, AdamW, the architecture's wing loss,
@@ -114,6 +115,9 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=31)
     p.add_argument("--input-size", type=int, nargs=2, default=[384, 160])
+    p.add_argument("--real-repeat", type=int, default=100,
+                   help="augmented views of each labelled public image (LC (1), LC (11)) among the training "
+                        "images, as the shipped models were trained (0: phantoms only)")
     args = p.parse_args(argv)
 
     t_start = time.time()
@@ -127,7 +131,11 @@ def main(argv=None) -> int:
     keras.utils.set_random_seed(args.seed)
     h, w = args.input_size
     pre = {"input_size": [h, w], "resize_first": False, "channels": 3, "scaling": "symmetric"}
+    real = ({"csv": [str(REPO / "data" / "samples" / "train_data.csv")],
+             "images": [str(REPO / "data" / "samples" / "roi")], "repeat_csv": [args.real_repeat]}
+            if args.real_repeat > 0 else {})
     cfg = TrainConfig(model="inception_integral", preset="improved", phantoms=args.train, val_phantoms=args.val,
+                      **real,
                       augment_profile=args.profile, wide_phantoms=args.wide, seed=args.seed, batch_size=16,
                       epochs=args.epochs, lr=args.lr, preprocess=pre, lr_schedule="warmup_cosine",
                       warmup_epochs=1, name="inception_resnet_v2")
@@ -175,7 +183,8 @@ def main(argv=None) -> int:
         "recipe": ("CPU recipe (scripts/train_inception_cpu.py): InceptionResNetV2 backbone copied from the shipped "
                    f"{args.source} ({source_manifest.get('architecture')}, trained on phantoms on a GPU: see its "
                    "training record below) and kept frozen; the integral head trained on cached backbone features "
-                   f"of {len(tr_y)} augmented phantoms ({args.profile} profile, {args.wide:.0%} wide crops) for "
+                   f"of {len(tr_y)} augmented images ({args.real_repeat} views of each labelled public image, the rest "
+                   f"phantoms; {args.profile} profile, {args.wide:.0%} wide crops) for "
                    f"{args.epochs} epochs, AdamW {args.lr:g} with warm-up + cosine, wing loss; best epoch by the "
                    f"validation MRE on {len(va_y)} held-out phantoms."),
         "history": history,
