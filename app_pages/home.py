@@ -60,13 +60,13 @@ with real_l.container(border=True, height="stretch"):
                 "(10 ISBI-2015 images, 0.1 mm/px, C2–C4 found automatically)")
     st.markdown("- **U-Net: 85.6 %** of points within 2 mm of the expert's, median error **0.90 mm**, "
                 "no image a vertebra off (0 / 10)\n"
-                "- InceptionResNetV2: 10.2 % within 2 mm, median error 7.6 mm, 4 / 10 images a vertebra off")
+                "- InceptionResNetV2: 30.5 % within 2 mm, median error 2.7 mm, 2 / 10 images a vertebra off")
     st.caption("118 annotated points (13 of the 19 landmarks); another machine and population, never "
                "trained on. **Caveat:** these ten "
                "images were also used to tune the automatic ROI search, so they are a development set, "
                "not an independent test; the target of 90 % within 2 mm is not met yet. The "
-               "InceptionResNetV2 demo was trained from scratch on phantoms and misses by millimetres "
-               "whatever ROI it gets.")
+               "InceptionResNetV2 demo (no ImageNet weights; its integral head is not the study's) was "
+               "trained on phantoms and the two labelled public images.")
 with real_r.container(border=True, height="stretch"):
     st.markdown(":material/groups: **CVM stage against expert stages** (720 expert-staged cases, "
                 "5-fold cross-validation)")
