@@ -57,6 +57,8 @@ else:
         st.markdown(f"**Preprocessing** `{json.dumps(man.get('preprocess'))}`")
         st.markdown(f"**Training** preset `{training.get('preset', '—')}`, epochs run {training.get('epochs_run', '—')}")
         st.markdown("\n".join(f"- {line}" for line in model_view.describe_training_data(data)))
+        if training.get("recipe"):
+            st.caption(f":material/science: {training['recipe']}")
         table = viz.manifest_metrics_table(man.get("metrics"))
         if len(table):
             st.markdown("**Measured accuracy** (nominal 0.25 mm/px)")
@@ -71,7 +73,7 @@ else:
         st.markdown(f"**ImageNet backbone weights** {'yes' if man.get('imagenet_weights') else 'no'} · "
                     f"backend `{man.get('backend')}` · Keras {man.get('keras_version')} · schema "
                     f"`{man.get('landmark_schema')}`")
-        st.caption(f"Folder: `{info.folder}`")
+        st.caption(f"Folder: `{model_view.display_folder(info.folder, info.shipped)}`")
         if not info.shipped and not ui.can("delete_model"):
             st.caption(f":material/lock: {ui.denied_note('delete_model')}")
         elif not info.shipped:

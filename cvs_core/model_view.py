@@ -25,6 +25,20 @@ def check_model_file(name: str, head: bytes) -> str:
     return suffix
 
 
+def display_folder(folder, shipped: bool) -> str:
+    """A model folder as users may see it: ``models/<name>`` for a shipped model, ``<data dir>/…`` for
+    the others (a hosted lab does not show its server's paths)."""
+    from cvs_core.registry import cvs_home
+
+    folder = Path(folder)
+    if shipped:
+        return f"models/{folder.name}"
+    try:
+        return f"<data dir>/{folder.resolve().relative_to(cvs_home().resolve()).as_posix()}"
+    except ValueError:
+        return folder.name
+
+
 def weights_checksum(manifest: dict) -> str:
     """The weights' sha256 as recorded in a manifest: the Keras file's, or the packed int8 parts'."""
     if manifest.get("weights_sha256"):

@@ -176,6 +176,10 @@ def main(argv=None) -> int:
     head.set_weights(best_weights)
     head_s = time.time() - t
 
+    data_summary.pop("phantoms_per_epoch", None)  # one fixed augmented set, its features reused every epoch
+    data_summary.update(phantoms=args.train, note=(
+        f"one fixed set of {len(tr_y)} augmented images whose backbone features were computed once and reused "
+        "every epoch — not fresh phantoms per epoch"))
     source_manifest = read_manifest(resolve_model(args.source))
     training = {
         "preset": "improved", "epochs_run": args.epochs, "config": json.loads(cfg.to_json()), "data": data_summary,

@@ -386,6 +386,8 @@ def test_bug10_model_upload_messages_name_the_problem(home):
     assert "not a Keras 3 .keras file" in msg and "/tmp" not in msg, msg
     msg = submit("labels.csv", b"image_name,1_x,1_y\nLC (1).jpg,1,2\n")
     assert "labels.csv is not a model file" in msg, msg
+    folders = [c.value for c in at.caption if c.value.startswith("Folder:")]
+    assert folders and not any(str(home) in f or "/tmp" in f for f in folders), folders  # no server paths
 
 
 def test_bug11_deleting_one_model_keeps_the_others_loaded(home):

@@ -190,3 +190,12 @@ def test_vertebra_box_magnifies_c2_c4():
     fx0, fy0, fx1, fy1 = lab.vertebra_box("full", (1068, 902))  # a downscaled full cephalogram
     assert 0 <= fx0 < fx1 <= 902 and 0 <= fy0 < fy1 <= 1068 and fx1 < 902 / 2
     assert lab.crop(np.zeros((600, 250, 3)), (x0, y0, x1, y1)).shape == (y1 - y0, x1 - x0, 3)
+
+
+def test_model_folders_are_shown_without_server_paths(tmp_path, monkeypatch):
+    monkeypatch.setenv("CVS_HOME", str(tmp_path / "home"))
+    user = tmp_path / "home" / "models" / "my_unet"
+    user.mkdir(parents=True)
+    assert model_view.display_folder("/srv/lab/repo/models/unet_heatmap", shipped=True) == "models/unet_heatmap"
+    assert model_view.display_folder(user, shipped=False) == "<data dir>/models/my_unet"
+    assert model_view.display_folder(tmp_path / "elsewhere" / "odd", shipped=False) == "odd"
