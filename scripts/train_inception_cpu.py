@@ -93,10 +93,9 @@ def features_of(backbone, seq, limit_batches: int | None = None, label: str = ""
     return np.concatenate(mids), np.concatenate(deeps), np.concatenate(ys)
 
 
-def mre_roi_px(pred: np.ndarray, y: np.ndarray, input_hw, roi_hw=(600, 250)) -> float:
+def mre_roi_px(pred: np.ndarray, y: np.ndarray, roi_hw=(600, 250)) -> float:
     """Mean radial error in ROI pixels of normalised (x, y) coordinates ``(N, 38)`` (0..1 across the
-    input, stretched from the ROI)."""
-    h, w = input_hw
+    input, which is the ROI stretched)."""
     scale = np.array([roi_hw[1], roi_hw[0]], np.float64)
     d = (pred.reshape(-1, 19, 2) - y.reshape(-1, 19, 2)) * scale
     return float(np.linalg.norm(d, axis=-1).mean())
@@ -105,7 +104,11 @@ def mre_roi_px(pred: np.ndarray, y: np.ndarray, input_hw, roi_hw=(600, 250)) -> 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", required=True, help="work folder (features are not written; the model is)")
-    p.add_argument("--source", default="inception_resnet_v2", help="registered model whose backbone starts this one")
+    p.add_argument("--source", default="inception_resnet_v2",
+                   help="registered model (name or folder) whose InceptionResNetV2 backbone starts this one; the "
+                        "shipped model was made from the GAP model of scripts/train_demo_models.py "
+                        "(/tmp/demo/run_inception/model), which git history keeps as models/inception_resnet_v2 "
+                        "before 2026-11-29")
     p.add_argument("--train", type=int, default=3000, help="training phantoms (one augmented view each)")
     p.add_argument("--val", type=int, default=200, help="validation phantoms")
     p.add_argument("--wide", type=float, default=0.3, help="share of training phantoms cut from wide phantoms")
@@ -167,7 +170,7 @@ def main(argv=None) -> int:
             losses.append(float(head.train_on_batch([tr_mid[idx].astype(np.float32), tr_deep[idx].astype(np.float32)],
                                                     tr_y[idx])))
         pred = head.predict([va_mid.astype(np.float32), va_deep.astype(np.float32)], batch_size=64, verbose=0)
-        val = mre_roi_px(pred, va_y, (h, w))
+        val = mre_roi_px(pred, va_y)
         history.append({"epoch": epoch + 1, "lr": lr, "loss": float(np.mean(losses)), "val_mre_px": val,
                         "s": round(time.time() - t, 1)})
         print(json.dumps(history[-1]), flush=True)
