@@ -52,13 +52,18 @@ def warm_started_model(source: str, input_size):
     src_backbone = next(layer for layer in src.layers if isinstance(layer, keras.Model))
     model = build_inception_integral(tuple(input_size), imagenet=False)
     backbone = model.get_layer("backbone")
-    by_name = {layer.name: layer for layer in backbone.layers}
-    copied = 0
-    for layer in src_backbone.layers:
-        if layer.weights and layer.name in by_name:
-            by_name[layer.name].set_weights(layer.get_weights())
-            copied += 1
-    return model, copied
+    # Layer by layer in build order, not by name: Keras numbers auto-named layers (conv2d_17 …) per
+    # process, so names only match when both models were built first in a fresh process.
+    src_layers = [layer for layer in src_backbone.layers if layer.weights]
+    dst_layers = [layer for layer in backbone.layers if layer.weights]
+    if len(src_layers) != len(dst_layers):
+        raise ValueError(f"{source}: its backbone has {len(src_layers)} weighted layers, this one {len(dst_layers)}")
+    for a, b in zip(src_layers, dst_layers):
+        weights = a.get_weights()
+        if type(a) is not type(b) or [w.shape for w in weights] != [tuple(w.shape) for w in b.weights]:
+            raise ValueError(f"{source}: backbone layer {a.name} does not match {b.name}")
+        b.set_weights(weights)
+    return model, len(src_layers)
 
 
 def head_model(model):
