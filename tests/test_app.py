@@ -484,10 +484,13 @@ def test_clahe_lab_student_tools(home):
 
 
 # ----------------------------------------------------------------------------- hosted lab (issue 14)
-def _fake_runs(home):
+@pytest.fixture
+def fake_runs(home):
     """Two runs without training: one 'running' (a sleeping child process as its pid, owned by alice)
-    and one 'interrupted' (resumable, owned by the shared password user). Returns (ids, the child)."""
+    and one 'interrupted' (resumable, owned by the shared password user). Yields status → run id;
+    afterwards kills the child and removes both runs."""
     import json
+    import shutil
     import socket
     import subprocess
     import sys
@@ -508,85 +511,72 @@ def _fake_runs(home):
             info.update(pid=pid, start_time=runs._proc_start_time(pid), host=socket.gethostname())
         (d / "run.json").write_text(json.dumps(info))
         made[status] = run_id
-    return made, child
+    try:
+        yield made
+    finally:
+        child.kill()
+        child.wait()
+        for run_id in made.values():
+            shutil.rmtree(runs.runs_dir() / run_id, ignore_errors=True)
+            runs._db_delete(run_id)
 
 
 def _button_keys(at) -> set:
     return {b.key for b in at.button if b.key}
 
 
-def test_anonymous_user_with_a_password_configured_can_take_no_gated_action(home):
+def test_anonymous_user_with_a_password_configured_can_take_no_gated_action(home, fake_runs):
     """Password mode, password not entered: viewing works, but no start/cancel/resume/delete run,
     upload/delete model or clear-cache control is usable — and the start handler refuses by itself."""
-    import shutil
-
     from cvs_core import runs
     from streamlit.testing.v1 import AppTest
 
-    made, child = _fake_runs(home)
-    try:
-        at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-        at.secrets["access"] = {"password": "s3cret"}
-        at.run()
-        assert not at.exception, at.exception
-        assert any("enter the lab password" in c.value for c in at.sidebar.caption)
-        at.switch_page(page_path("training")).run()
-        assert not at.exception, at.exception
-        start = next(b for b in at.button if b.label == "Start training")
-        assert start.disabled
-        for run_id in made.values():
-            at.selectbox(key="tr_selected").set_value(run_id).run()
-            keys = _button_keys(at)
-            assert not {f"cancel_{run_id}", f"delete_{run_id}", f"resume_{run_id}"} & keys, keys
-        n_runs = len(runs.list_runs())
-        start.proto.disabled = False  # a forged click (hand-written websocket message) starts nothing either
-        start.click().run()
-        assert not at.exception and len(runs.list_runs()) == n_runs
+    made = fake_runs
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.secrets["access"] = {"password": "s3cret"}
+    at.run()
+    assert not at.exception, at.exception
+    assert any("enter the lab password" in c.value for c in at.sidebar.caption)
+    at.switch_page(page_path("training")).run()
+    assert not at.exception, at.exception
+    start = next(b for b in at.button if b.label == "Start training")
+    assert start.disabled
+    for run_id in made.values():
+        at.selectbox(key="tr_selected").set_value(run_id).run()
+        keys = _button_keys(at)
+        assert not {f"cancel_{run_id}", f"delete_{run_id}", f"resume_{run_id}"} & keys, keys
+    n_runs = len(runs.list_runs())
+    start.proto.disabled = False  # a forged click (hand-written websocket message) starts nothing either
+    start.click().run()
+    assert not at.exception and len(runs.list_runs()) == n_runs
 
-        at.switch_page(page_path("models")).run()
-        assert not at.exception, at.exception
-        assert next(b for b in at.button if b.label == "Register uploaded model").disabled
-        at.selectbox(key="models_pick").set_value("tiny_unet").run()
-        assert not {"models_delete", "models_clear_cache"} & _button_keys(at)
-        assert any("needs" in c.value or "not signed in" in c.value for c in at.caption)
+    at.switch_page(page_path("models")).run()
+    assert not at.exception, at.exception
+    assert next(b for b in at.button if b.label == "Register uploaded model").disabled
+    at.selectbox(key="models_pick").set_value("tiny_unet").run()
+    assert not {"models_delete", "models_clear_cache"} & _button_keys(at)
+    assert any("needs" in c.value or "not signed in" in c.value for c in at.caption)
 
-        # the right password unlocks the trainer's actions (own runs only: not alice's)
-        at.sidebar.text_input(key="cvs_password").set_value("s3cret")
-        next(b for b in at.sidebar.button if b.label == "Unlock").click().run()
-        at.switch_page(page_path("training")).run()
-        assert not next(b for b in at.button if b.label == "Start training").disabled
-        at.selectbox(key="tr_selected").set_value(made["interrupted"]).run()
-        assert {f"resume_{made['interrupted']}", f"delete_{made['interrupted']}"} <= _button_keys(at)
-        assert any(":material/power_off:" in m.value for m in at.markdown)  # the 'interrupted' icon
-        at.selectbox(key="tr_selected").set_value(made["running"]).run()
-        assert f"cancel_{made['running']}" not in _button_keys(at)  # alice's run
-    finally:
-        child.kill()
-        child.wait()
-        for run_id in made.values():
-            shutil.rmtree(runs.runs_dir() / run_id, ignore_errors=True)
-            runs._db_delete(run_id)
+    # the right password unlocks the trainer's actions (own runs only: not alice's)
+    at.sidebar.text_input(key="cvs_password").set_value("s3cret")
+    next(b for b in at.sidebar.button if b.label == "Unlock").click().run()
+    at.switch_page(page_path("training")).run()
+    assert not next(b for b in at.button if b.label == "Start training").disabled
+    at.selectbox(key="tr_selected").set_value(made["interrupted"]).run()
+    assert {f"resume_{made['interrupted']}", f"delete_{made['interrupted']}"} <= _button_keys(at)
+    assert any(":material/power_off:" in m.value for m in at.markdown)  # the 'interrupted' icon
+    at.selectbox(key="tr_selected").set_value(made["running"]).run()
+    assert f"cancel_{made['running']}" not in _button_keys(at)  # alice's run
 
 
-def test_local_mode_admin_sees_resume_for_an_interrupted_run(home):
-    import shutil
-
-    from cvs_core import runs
-
-    made, child = _fake_runs(home)
-    try:
-        at = app(page_path("training"))
-        at.selectbox(key="tr_selected").set_value(made["interrupted"]).run()
-        assert f"resume_{made['interrupted']}" in _button_keys(at)
-        assert any("cvs train --resume --out" in c.value for c in at.code)
-        at.selectbox(key="tr_selected").set_value(made["running"]).run()
-        assert f"cancel_{made['running']}" in _button_keys(at)  # admin: anyone's run
-    finally:
-        child.kill()
-        child.wait()
-        for run_id in made.values():
-            shutil.rmtree(runs.runs_dir() / run_id, ignore_errors=True)
-            runs._db_delete(run_id)
+def test_local_mode_admin_sees_resume_for_an_interrupted_run(home, fake_runs):
+    made = fake_runs
+    at = app(page_path("training"))
+    at.selectbox(key="tr_selected").set_value(made["interrupted"]).run()
+    assert f"resume_{made['interrupted']}" in _button_keys(at)
+    assert any("cvs train --resume --out" in c.value for c in at.code)
+    at.selectbox(key="tr_selected").set_value(made["running"]).run()
+    assert f"cancel_{made['running']}" in _button_keys(at)  # admin: anyone's run
 
 
 def test_clear_cache_from_one_browser_does_not_unload_models_for_others(home, tmp_path):
