@@ -55,6 +55,8 @@ else:
         st.markdown(f"**Architecture** `{man.get('architecture')}` · builder `{json.dumps(man.get('builder_kwargs', {}))}`")
         st.markdown(f"**Codec** `{json.dumps(man.get('codec'))}`")
         st.markdown(f"**Preprocessing** `{json.dumps(man.get('preprocess'))}`")
+        if (inference := model_view.describe_inference(man)):
+            st.markdown(f"**Inference** {inference}")
         st.markdown(f"**Training** preset `{training.get('preset', '—')}`, epochs run {training.get('epochs_run', '—')}")
         st.markdown("\n".join(f"- {line}" for line in model_view.describe_training_data(data)))
         if training.get("recipe"):

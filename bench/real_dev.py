@@ -1,7 +1,7 @@
 """Real cephalograms from another clinic: accuracy of the shipped models with the automatic ROI and
 with a hand box, on an external labelled folder (validation only — never training).
 
-    python bench/real_dev.py ../shared/data/external_dev/isbi10 --spacing 0.1 [--out table.md]
+    python bench/real_dev.py ../shared/data/external_dev/isbi10 --spacing 0.1 [--out table.md] [--write-manifest]
 
 DATA_DIR holds ``labels.csv`` (study format, full-image pixels, empty cells = landmark not
 annotated, e.g. the 13-landmark scheme) and ``images/``. For each model (default: the two shipped
@@ -153,6 +153,28 @@ def markdown(aset, rows, spacing, data_dir) -> str:
     return "\n".join(out) + "\n"
 
 
+def write_into_manifests(aset, rows, spacing, data_dir) -> None:
+    """Store each model's auto/hand summary as ``metrics.external_dev`` in its manifest."""
+    from cvs_core.registry import read_manifest, resolve_model, write_manifest
+
+    by_model: dict = {}
+    for (model, mode), r in rows.items():
+        v = r["e"][~np.isnan(r["e"])]
+        by_model.setdefault(model, {})[mode] = {
+            "sdr_2mm": round(float(np.mean(v <= 2)), 4), "sdr_2_5mm": round(float(np.mean(v <= 2.5)), 4),
+            "sdr_4mm": round(float(np.mean(v <= 4)), 4), "median_mm": round(float(np.median(v)), 3),
+            "off_by_a_vertebra": int(sum(o for _, o, _, _, _ in r["off"])), "n_images": len(aset)}
+    for model, res in by_model.items():
+        folder = resolve_model(model)
+        manifest = read_manifest(folder)
+        manifest.setdefault("metrics", {})["external_dev"] = {
+            **res, "spacing_mm": spacing, "note": "validation only, never trained on",
+            "data": f"{data_dir.name}: {len(aset)} images, "
+                    f"{int(np.isfinite(aset.landmarks).all(-1).any(0).sum())} of 19 landmarks (bench/real_dev.py)"}
+        write_manifest(folder, manifest)
+        print(f"wrote metrics.external_dev into {folder.name}/manifest.json")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("data_dir", type=Path)
@@ -160,6 +182,8 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="+", default=["unet_heatmap", "inception_resnet_v2"])
     ap.add_argument("--modes", nargs="+", default=["auto", "hand"], choices=["auto", "hand"])
     ap.add_argument("--out", type=Path, help="also write the markdown here")
+    ap.add_argument("--write-manifest", action="store_true",
+                    help="store each model's summary as metrics.external_dev in its manifest")
     args = ap.parse_args(argv)
     if not (args.data_dir / "labels.csv").is_file():
         print(f"error: {args.data_dir}/labels.csv not found", file=sys.stderr)
@@ -170,6 +194,8 @@ def main(argv=None) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
+    if args.write_manifest:
+        write_into_manifests(aset, rows, args.spacing, args.data_dir)
     return 0
 
 

@@ -106,8 +106,9 @@ def _roi_config(predictor, roi):
     return _roi_override(predictor.config, roi)
 
 
-def cache_key(predictor, dataset: Dataset, roi=None) -> str:
-    """sha256 of (weights, codec, preprocessing after the ROI override, roi, dataset fingerprint)."""
+def cache_key(predictor, dataset: Dataset, roi=None, tta: bool = True) -> str:
+    """sha256 of (weights, codec, preprocessing after the ROI override, roi, dataset fingerprint, and
+    the test-time shifts when the model has them and ``tta`` is on)."""
     fields = {
         "v": CACHE_VERSION,
         "weights": model_fingerprint(predictor),
@@ -116,6 +117,9 @@ def cache_key(predictor, dataset: Dataset, roi=None) -> str:
         "roi": roi,
         "dataset": dataset.fingerprint(),
     }
+    step = getattr(getattr(predictor, "tta", None), "step_px", 0)
+    if tta and step:  # absent otherwise, so the keys of models without shifts did not change
+        fields["tta_step_px"] = step
     if roi == "auto":  # the automatic ROI depends on the spacing and on its own parameters
         from cvs_core.roi import AutoRoiConfig
 
@@ -143,7 +147,7 @@ def _save_cached(path: Path, names, pred, conf, ms) -> None:
 
 
 def predict_dataset(predictor, dataset: Dataset, roi=None, batch_size: int = 8, cache_dir: Path | None = None,
-                    progress: Progress | None = None, use_cache: bool = True) -> PredictionSet:
+                    progress: Progress | None = None, use_cache: bool = True, tta: bool = True) -> PredictionSet:
     """Run ``predictor`` over every image of ``dataset`` in batches → :class:`PredictionSet`.
 
     roi : None (the model's own preprocessing), "none", "seed" or ``[x0, y0, x1, y1]``.
@@ -152,11 +156,12 @@ def predict_dataset(predictor, dataset: Dataset, roi=None, batch_size: int = 8, 
     and confidences are kept. Results are cached in ``cache_dir`` (default
     ``$CVS_HOME/cache/predictions``) as ``<sha256>.npz``; ``use_cache=False`` neither reads nor
     writes it. ``progress(done, total)`` is called after every batch (and once at the start).
+    ``tta``: the model's test-time shifts (``Predictor.predict_batch``); False = one plain call per image.
     """
     n = len(dataset)
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    key = cache_key(predictor, dataset, roi)
+    key = cache_key(predictor, dataset, roi, tta)
     cache_path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / f"{key}.npz"
     common = dict(model=predictor.name, names=list(dataset.names), true=dataset.landmarks,
                   stages=dataset.stages, spacing_mm=dataset.spacing_mm, key=key)
@@ -184,7 +189,10 @@ def predict_dataset(predictor, dataset: Dataset, roi=None, batch_size: int = 8, 
             images = pending.result()
             pending = pool.submit(load, batches[b + 1]) if b + 1 < len(batches) else None
             # roi="auto": labels are in the full image's pixels and the spacing is per image pixel
-            results = predictor.predict_batch(images, roi=roi, **({"spacing_mm": dataset.spacing_mm} if roi == "auto" else {}))
+            extra = {"spacing_mm": dataset.spacing_mm} if roi == "auto" else {}
+            if not tta:
+                extra["tta"] = False
+            results = predictor.predict_batch(images, roi=roi, **extra)
             del images
             for i, r in zip(idx, results):
                 pred[i] = r.landmarks if roi == "auto" else r.landmarks_roi
@@ -360,7 +368,7 @@ def _unique_name(name: str, taken: Sequence[str]) -> str:
 
 def evaluate_models(models: Sequence, dataset: Dataset, roi=None, threshold_mm: float = 2.0,
                     cache_dir: Path | None = None, use_cache: bool = True, batch_size: int = 8,
-                    progress_factory: Callable[[str], Progress] | None = None) -> dict[str, Score]:
+                    progress_factory: Callable[[str], Progress] | None = None, tta: bool = True) -> dict[str, Score]:
     """Predict and score every model (names, folders or loaded Predictors) → model name → :class:`Score`."""
     from cvs_core.predict import Predictor
 
@@ -369,7 +377,8 @@ def evaluate_models(models: Sequence, dataset: Dataset, roi=None, threshold_mm: 
         predictor = m if hasattr(m, "predict_batch") else Predictor.load(m)
         name = _unique_name(predictor.name, list(results))
         pset = predict_dataset(predictor, dataset, roi=roi, batch_size=batch_size, cache_dir=cache_dir,
-                               progress=progress_factory(name) if progress_factory else None, use_cache=use_cache)
+                               progress=progress_factory(name) if progress_factory else None, use_cache=use_cache,
+                               tta=tta)
         pset.model = name
         res = score(pset, dataset.spacing_mm, threshold_mm)
         res.summary["dataset"] = dataset.source
@@ -392,7 +401,7 @@ def evaluate_command(args) -> int:
     try:
         results = evaluate_models(
             args.model, dataset, roi=args.roi, threshold_mm=float(args.threshold),
-            use_cache=not getattr(args, "no_cache", False),
+            use_cache=not getattr(args, "no_cache", False), tta=not getattr(args, "no_tta", False),
             progress_factory=lambda name: stderr_progress(f"{name:<20}"))
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -51,6 +51,21 @@ def weights_checksum(manifest: dict) -> str:
     return "not recorded"
 
 
+def describe_inference(manifest: dict) -> str | None:
+    """One line on how the model is run beyond its preprocessing (test-time shifts), or None."""
+    from cvs_core.tta import TestTimeShifts
+
+    try:
+        shifts = TestTimeShifts.from_manifest(manifest)
+    except (TypeError, ValueError) as exc:
+        return f"inference settings not understood: {exc}"
+    if shifts.step_px == 0:
+        return None
+    return (f"test-time shifts: each image runs as {len(shifts.offsets)} copies (as given and moved by "
+            f"±{shifts.step_px} model px along both diagonals); the landmarks are the median of the copies "
+            f"moved back")
+
+
 def describe_training_data(data: dict | None) -> list[str]:
     """Readable lines for a manifest's ``training.data`` (CSV sources with rows and repeats, phantoms)."""
     data = data or {}

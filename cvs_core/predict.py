@@ -17,6 +17,7 @@ from cvs_core.codecs import codec_from_dict
 from cvs_core.preprocess import (SEED_ROI_SCALE, PreprocessConfig, Preprocessed,
                                  invert_affine, preprocess)
 from cvs_core.registry import load_keras_model, read_manifest, resolve_model
+from cvs_core.tta import TestTimeShifts, combine, shifted_batch
 
 
 @dataclass
@@ -163,6 +164,7 @@ class Predictor:
         self.config = PreprocessConfig.from_dict(self.manifest["preprocess"])
         self.codec = codec_from_dict(self.manifest["codec"])
         self.model = load_keras_model(self.folder)
+        self.tta = TestTimeShifts.from_manifest(self.manifest)  # off unless the manifest opts in
         # Every model call runs on this one long-lived thread, so concurrent callers (several app
         # users) are serialised without sharing a lock across the model's internals.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"cvs-infer-{self.folder.name}")
@@ -239,8 +241,11 @@ class Predictor:
             finder = self._auto_roi = AutoRoi(self if self.codec.kind == "heatmap" else default_localizer())
         return finder
 
-    def predict_batch(self, images: list[np.ndarray], roi=None, spacing_mm: float | None = None) -> list[Prediction]:
-        """Several greyscale images → predictions, one model call for the whole batch."""
+    def predict_batch(self, images: list[np.ndarray], roi=None, spacing_mm: float | None = None,
+                      tta: bool = True) -> list[Prediction]:
+        """Several greyscale images → predictions, one model call for the whole batch. ``tta``: apply
+        the model's test-time shifts when its manifest has them (:mod:`cvs_core.tta`; ``raw`` and
+        ``confidence`` are then the unshifted copy's); False = one plain model call per image."""
         from cvs_core.roi import RoiResult, fit_check, preprocess_with_roi
 
         if spacing_mm is not None and not (np.isfinite(spacing_mm) and spacing_mm > 0):
@@ -257,9 +262,14 @@ class Predictor:
         pres = [preprocess(img, config) if f is None else preprocess_with_roi(img, f, config)
                 for img, f in zip(images, found)]
         t1 = time.perf_counter()
-        raw = self._run(np.stack([p.image for p in pres]))
+        shifts = self.tta if tta else TestTimeShifts()
+        k = len(shifts.offsets)
+        raw_all = self._run(shifted_batch(np.stack([p.image for p in pres]), shifts))
         t2 = time.perf_counter()
-        decoded = [self.codec.decode(r) for r in raw]
+        decoded_all = [self.codec.decode(r) for r in raw_all]
+        points = combine(np.stack([pts for pts, _ in decoded_all]), shifts)
+        raw = raw_all[::k]
+        decoded = [(pts, conf) for pts, (_, conf) in zip(points, decoded_all[::k])]
         t3 = time.perf_counter()
         n = len(images)
         out = []
