@@ -193,4 +193,30 @@ def make_runner(engine: str, model, folder: Path) -> Runner:
     if engine in ("tf", "tf-xla"):
         return tf_runner(model, jit_compile=engine == "tf-xla")
     onnx_path = export_onnx(model, folder)
-    return onnx_runner(onnx_path) if engine == "onnx" else openvino_runner(onnx_path)
+    try:
+        runner = onnx_runner(onnx_path) if engine == "onnx" else openvino_runner(onnx_path)
+    except Exception as exc:  # noqa: BLE001 - e.g. ONNX Runtime refusing a graph the exporter wrote
+        raise EngineError(f"the {engine} engine cannot run this model's ONNX export "
+                          f"({type(exc).__name__}: {str(exc)[:300]}); use engine='tf'") from exc
+    check_against_keras(runner, model, engine)
+    return runner
+
+
+#: Largest |Δ| of the raw output an exported engine may show against Keras on the probe batch (the
+#: working exports differ by ≈ 1e-6; a wrong one, e.g. OpenVINO on the integral head, by 6e-2).
+EXPORT_TOLERANCE = 1e-3
+
+
+def check_against_keras(runner: Runner, model, engine: str = "exported") -> None:
+    """:class:`EngineError` when ``runner`` and the Keras ``model`` disagree on a fixed probe batch
+    (two ``(H, W, C)`` inputs of seeded uniform noise in [−1, 1]) by more than
+    :data:`EXPORT_TOLERANCE`: an export can load and run yet compute something else."""
+    import keras
+
+    probe = np.random.default_rng(0).uniform(-1, 1, size=(2, *model.input_shape[1:])).astype(np.float32)
+    want = keras.ops.convert_to_numpy(model(probe, training=False))
+    got = np.asarray(runner(probe), dtype=np.float32)
+    diff = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("inf")
+    if not diff <= EXPORT_TOLERANCE:
+        raise EngineError(f"the {engine} engine's result differs from the Keras model's (max |Δ| {diff:.3g} "
+                          f"> {EXPORT_TOLERANCE:g}, output {got.shape} vs {want.shape}); use engine='tf'")

@@ -134,3 +134,18 @@ def test_large_batches_run_in_chunks_with_the_same_output(model_copy, images, tf
     from cvs_core.engines import default_max_batch
 
     assert tf_predictor.max_batch == default_max_batch() in (0, 2)  # 2 on a CPU-only TensorFlow
+
+
+def test_an_export_that_computes_something_else_is_refused(tf_predictor):
+    """OpenVINO ran the ONNX export of the integral-head InceptionResNetV2 and returned landmarks 22 px
+    off: an exported engine is checked against the Keras model before it is used."""
+    from cvs_core.engines import EXPORT_TOLERANCE, check_against_keras, tf_runner
+
+    model = tf_predictor.model
+    exact = tf_runner(model)
+    check_against_keras(exact, model)  # the same computation passes
+    check_against_keras(lambda x: exact(x) + EXPORT_TOLERANCE / 2, model)  # rounding-size drift passes
+    with pytest.raises(EngineError, match="differs from the Keras model"):
+        check_against_keras(lambda x: exact(x) + 0.05, model, "openvino")
+    with pytest.raises(EngineError, match="differs"):
+        check_against_keras(lambda x: exact(x)[:, :1], model)  # wrong output shape
