@@ -4,8 +4,9 @@ A regression model (InceptionResNetV2) reads the whole ROI and answers with 38 n
 ROI sits on a real image changes its answer by millimetres (the automatic ROI of a cephalogram from
 another clinic is never placed exactly as in training). Running it on the input shifted by ±``step``
 model px along both diagonals and taking the per-coordinate median of the shifted-back landmarks
-averages that placement noise out. Heatmap models are translation-equivariant already and gain
-nothing (measured in ``docs/benchmarks.md``), so a model opts in through its manifest:
+averages that placement noise out. The heatmap U-Net is translation-equivariant already and lost
+accuracy with it (a shifted copy that decodes another vertebra drags the median; measured in
+``docs/benchmarks.md``), so a model opts in through its manifest:
 ``"inference": {"tta_step_px": 5}`` (0 or absent = off).
 """
 from __future__ import annotations
