@@ -243,8 +243,11 @@ def _model_card(m: str, r):
                       if s["mre_px"] is not None else None)
         else:
             k2.metric("time (ms)", f"{r.ms:.0f}")
-        st.caption(f"{r.n_found}/19 landmarks · {r.codec_kind} · "
-                   f"{r.input_size[1]}×{r.input_size[0]} input · {r.ms:.0f} ms")
+        copies = ui.tta_copies(m)
+        st.caption(f"{r.n_found}/19 landmarks · {r.codec_kind} · {r.input_size[1]}×{r.input_size[0]} input · "
+                   + (f"{copies} shifted copies, median · " if copies > 1 else "") + f"{r.ms:.0f} ms",
+                   help="Test-time shifts: the model runs on the image as given and moved by a few pixels; "
+                        "the landmarks are the median of the copies (more accurate, slower)." if copies > 1 else None)
         if not r.fit_ok:
             st.warning(f"Unreliable — {r.fit_message}", icon=":material/warning:")
         elif r.fit_message:

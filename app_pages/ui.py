@@ -208,6 +208,18 @@ def codec_kind(name: str) -> str:
     return (read_manifest(resolve_model(name)).get("codec") or {}).get("kind", "")
 
 
+def tta_copies(name: str) -> int:
+    """How many shifted copies of each image the model runs (``cvs_core.tta``; 1 = none), from its
+    manifest: no load needed."""
+    from cvs_core.registry import read_manifest, resolve_model
+    from cvs_core.tta import TestTimeShifts
+
+    try:
+        return len(TestTimeShifts.from_manifest(read_manifest(resolve_model(name))).offsets)
+    except (TypeError, ValueError):
+        return 1
+
+
 def with_preprocess(predictor, overrides: dict | None):
     """A view of ``predictor`` whose preprocessing has ``overrides`` (CLAHE/bilateral fields) applied.
     Shares the loaded model, its lock and compiled function; the original is untouched."""

@@ -129,3 +129,24 @@ def test_a_drawn_box_takes_the_study_proportions(home):
     shown = next(c.value for c in at.caption if c.value.startswith("Moved box"))
     box = [int(v) for v in shown.split("**")[1].strip("[]").split(",")]
     assert all(abs(g - e) <= 1 for g, e in zip(box, [200, 800, 700, 2000])), box
+
+
+def test_card_says_when_a_model_runs_shifted_copies(home):
+    """A model whose manifest asks for test-time shifts (cvs_core.tta) says so on its card, next to
+    its time (the shipped InceptionResNetV2 takes ≈ 5× its single call)."""
+    import json
+
+    from cvs_core import registry
+
+    path = registry.user_models_dir() / "mean_shape" / "manifest.json"
+    original = path.read_text()
+    manifest = json.loads(original)
+    manifest["inference"] = {"tta_step_px": 2}
+    path.write_text(json.dumps(manifest))
+    try:
+        at = _compare(cmp_sample="LC (1).jpg")
+        assert not at.error, [e.value for e in at.error]
+        shifted = [c.value for c in at.caption if "shifted copies" in c.value]
+        assert len(shifted) == 1 and "5 shifted copies, median" in shifted[0] and "regression" in shifted[0]
+    finally:
+        path.write_text(original)
