@@ -153,10 +153,8 @@ def markdown(aset, rows, spacing, data_dir) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_into_manifests(aset, rows, spacing, data_dir) -> None:
-    """Store each model's auto/hand summary as ``metrics.external_dev`` in its manifest."""
-    from cvs_core.registry import read_manifest, resolve_model, write_manifest
-
+def summaries(aset, rows) -> dict:
+    """``run``'s rows → model → ROI mode → SDR at 2 / 2.5 / 4 mm, median mm, images off, n images."""
     by_model: dict = {}
     for (model, mode), r in rows.items():
         v = r["e"][~np.isnan(r["e"])]
@@ -164,7 +162,14 @@ def write_into_manifests(aset, rows, spacing, data_dir) -> None:
             "sdr_2mm": round(float(np.mean(v <= 2)), 4), "sdr_2_5mm": round(float(np.mean(v <= 2.5)), 4),
             "sdr_4mm": round(float(np.mean(v <= 4)), 4), "median_mm": round(float(np.median(v)), 3),
             "off_by_a_vertebra": int(sum(o for _, o, _, _, _ in r["off"])), "n_images": len(aset)}
-    for model, res in by_model.items():
+    return by_model
+
+
+def write_into_manifests(aset, rows, spacing, data_dir) -> None:
+    """Store each model's auto/hand summary (:func:`summaries`) as ``metrics.external_dev`` in its manifest."""
+    from cvs_core.registry import read_manifest, resolve_model, write_manifest
+
+    for model, res in summaries(aset, rows).items():
         folder = resolve_model(model)
         manifest = read_manifest(folder)
         manifest.setdefault("metrics", {})["external_dev"] = {

@@ -148,22 +148,13 @@ def score(folder: Path, args) -> dict:
 
 def dev_scores(folders: list[Path], args) -> dict:
     """``bench/real_dev.py`` on the external dev set (validation only) for the new model folders."""
-    import numpy as np
-
     sys.path.insert(0, str(REPO / "bench"))
     import real_dev
 
     aset, rows = real_dev.run(Path(args.dev_dir), args.spacing, [str(f) for f in folders], args.dev_modes)
     text = real_dev.markdown(aset, rows, args.spacing, Path(args.dev_dir))
     (Path(args.out) / "real_dev.md").write_text(text)
-    res = {}
-    for (model, mode), r in rows.items():
-        v = r["e"][~np.isnan(r["e"])]
-        res.setdefault(model, {})[mode] = {
-            "sdr_2mm": round(float(np.mean(v <= 2)), 4), "sdr_2_5mm": round(float(np.mean(v <= 2.5)), 4),
-            "sdr_4mm": round(float(np.mean(v <= 4)), 4), "median_mm": round(float(np.median(v)), 3),
-            "off_by_a_vertebra": int(sum(o for _, o, _, _, _ in r["off"])), "n_images": len(aset)}
-    return res
+    return real_dev.summaries(aset, rows)
 
 
 def main(argv=None) -> int:
