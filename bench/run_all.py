@@ -31,7 +31,7 @@ def _pipeline_in_fresh_process(args, memory: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="cvs_run_all_") as tmp:
         out = Path(tmp) / "pipeline.json"
         cmd = [sys.executable, str(Path(bench_pipeline.__file__).resolve()), "--n", str(args.n),
-               "--block", str(args.block), "--out", str(out)]
+               "--block", str(args.block), "--workers", str(args.workers), "--out", str(out)]
         cmd += (["--model", args.model] if args.model else []) + ([] if memory else ["--no-memory"])
         cmd += ["--tiny"] if args.tiny else []
         repo = str(Path(__file__).resolve().parents[1])
@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--tiny", action="store_true", help="pipeline bench on the tiny test model")
     p.add_argument("--block", type=int, default=8, help="images per interleaved timing block")
+    p.add_argument("--workers", type=int, default=2, help="our model processes in the pipeline bench (1 = in-process)")
     p.add_argument("--repeat", type=int, default=1, help="run the pipeline throughput bench this many times in a row")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
@@ -61,7 +62,8 @@ def main(argv=None) -> int:
     for k in range(args.repeat):
         memory = not args.no_memory and k == 0
         if args.repeat == 1:
-            pipes.append(bench_pipeline.run(n=args.n, model=args.model, memory=memory, tiny=args.tiny, block=args.block))
+            pipes.append(bench_pipeline.run(n=args.n, model=args.model, memory=memory, tiny=args.tiny, block=args.block,
+                                            workers=max(1, args.workers)))
         else:
             print(f"pipeline run {k + 1} of {args.repeat} (fresh process)", flush=True)
             pipes.append(_pipeline_in_fresh_process(args, memory))

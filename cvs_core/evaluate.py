@@ -157,6 +157,8 @@ def predict_dataset(predictor, dataset: Dataset, roi=None, batch_size: int = 8, 
     ``$CVS_HOME/cache/predictions``) as ``<sha256>.npz``; ``use_cache=False`` neither reads nor
     writes it. ``progress(done, total)`` is called after every batch (and once at the start).
     ``tta``: the model's test-time shifts (``Predictor.predict_batch``); False = one plain call per image.
+    ``predictor`` may also be a :class:`cvs_core.workers.WorkerPool` (the same model in several
+    processes, each reading its own images; same results).
     """
     n = len(dataset)
     if batch_size < 1:
@@ -177,21 +179,28 @@ def predict_dataset(predictor, dataset: Dataset, roi=None, batch_size: int = 8, 
 
     pred = np.full((n, N_LANDMARKS, 2), np.nan)
     conf = np.full((n, N_LANDMARKS), np.nan)
-    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    # roi="auto": labels are in the full image's pixels and the spacing is per image pixel
+    extra = {"spacing_mm": dataset.spacing_mm} if roi == "auto" else {}
+    if not tta:
+        extra["tta"] = False
+    t0 = time.perf_counter()
+    if hasattr(predictor, "predict_paths"):  # a cvs_core.workers.WorkerPool: the images go to its processes
+        full, in_roi, conf = predictor.predict_paths(dataset.image_paths, batch_size=batch_size, roi=roi,
+                                                     progress=(lambda k: progress(k, n)) if progress else None,
+                                                     **extra)
+        pred = full if roi == "auto" else in_roi
+        batches = []
+    else:
+        batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
 
     def load(idx):
         return [read_grey(dataset.image_paths[i]) for i in idx]
 
-    t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvs-read") as pool:
         pending = pool.submit(load, batches[0]) if batches else None
         for b, idx in enumerate(batches):
             images = pending.result()
             pending = pool.submit(load, batches[b + 1]) if b + 1 < len(batches) else None
-            # roi="auto": labels are in the full image's pixels and the spacing is per image pixel
-            extra = {"spacing_mm": dataset.spacing_mm} if roi == "auto" else {}
-            if not tta:
-                extra["tta"] = False
             results = predictor.predict_batch(images, roi=roi, **extra)
             del images
             for i, r in zip(idx, results):
@@ -368,17 +377,29 @@ def _unique_name(name: str, taken: Sequence[str]) -> str:
 
 def evaluate_models(models: Sequence, dataset: Dataset, roi=None, threshold_mm: float = 2.0,
                     cache_dir: Path | None = None, use_cache: bool = True, batch_size: int = 8,
-                    progress_factory: Callable[[str], Progress] | None = None, tta: bool = True) -> dict[str, Score]:
-    """Predict and score every model (names, folders or loaded Predictors) → model name → :class:`Score`."""
+                    progress_factory: Callable[[str], Progress] | None = None, tta: bool = True,
+                    workers: int = 1) -> dict[str, Score]:
+    """Predict and score every model (names, folders or loaded Predictors) → model name → :class:`Score`.
+    ``workers`` > 1: a model given by name or folder runs in that many processes
+    (:class:`cvs_core.workers.WorkerPool`, one per model, stopped after it)."""
+    from contextlib import nullcontext
+
     from cvs_core.predict import Predictor
+    from cvs_core.workers import WorkerPool
 
     results: dict = {}
     for m in models:
-        predictor = m if hasattr(m, "predict_batch") else Predictor.load(m)
-        name = _unique_name(predictor.name, list(results))
-        pset = predict_dataset(predictor, dataset, roi=roi, batch_size=batch_size, cache_dir=cache_dir,
-                               progress=progress_factory(name) if progress_factory else None, use_cache=use_cache,
-                               tta=tta)
+        if hasattr(m, "predict_batch") or hasattr(m, "predict_paths"):
+            holder = nullcontext(m)
+        elif workers > 1:
+            holder = WorkerPool(m, workers=workers)
+        else:
+            holder = nullcontext(Predictor.load(m))
+        with holder as predictor:
+            name = _unique_name(predictor.name, list(results))
+            pset = predict_dataset(predictor, dataset, roi=roi, batch_size=batch_size, cache_dir=cache_dir,
+                                   progress=progress_factory(name) if progress_factory else None,
+                                   use_cache=use_cache, tta=tta)
         pset.model = name
         res = score(pset, dataset.spacing_mm, threshold_mm)
         res.summary["dataset"] = dataset.source
@@ -402,7 +423,7 @@ def evaluate_command(args) -> int:
         results = evaluate_models(
             args.model, dataset, roi=args.roi, threshold_mm=float(args.threshold),
             use_cache=not getattr(args, "no_cache", False), tta=not getattr(args, "no_tta", False),
-            progress_factory=lambda name: stderr_progress(f"{name:<20}"))
+            workers=int(getattr(args, "workers", 1) or 1), progress_factory=lambda name: stderr_progress(f"{name:<20}"))
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
