@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 
@@ -105,15 +106,29 @@ class ModelPool:
             return [k[0] for k in self._items]
 
 
+# Across models: when several models' dispatchers have work, the model that is faster per image runs
+# first (shortest job first), so under load everyone's quick first result is not queued behind another
+# user's slow one; a slower model waits at most MAX_DEFER_S for the faster one, and its batches are cut
+# to about CALL_BUDGET_MS of work, so one call never blocks the faster model for long. Measured with
+# bench/load.py (docs/benchmarks.md, "Hosting"): 20 sessions' first result p50 1.6–1.8 s → 1.1 s.
+CALL_BUDGET_MS = 500.0
+MAX_DEFER_S = 2.0
+IDLE_CHECK_S = 5.0  # a dispatcher whose BatchingPredictor was dropped stops within this time
+_GATE = threading.Condition()
+_DISPATCHERS: "weakref.WeakSet[BatchingPredictor]" = weakref.WeakSet()
+
+
 class BatchingPredictor:
     """Concurrent ``predict`` calls on one model, gathered into shared model calls.
 
     Callers (one per browser session) block only for their own result; a dispatcher thread takes
-    every request waiting at that moment (up to ``max_batch``, with the same ROI setting), after
-    waiting at most ``window_s`` for more to arrive, and runs them through one
-    ``predictor.predict_batch`` — so N simultaneous users cost a few batched model calls instead of N
-    serial ones, and each gets its result as soon as its batch is done. Thread-safe; the wrapped
-    predictor is used from the dispatcher thread only."""
+    every request waiting at that moment (up to ``max_batch``, with the same ROI setting, and no more
+    than ``CALL_BUDGET_MS`` of work by the measured time per image), after waiting at most ``window_s``
+    for more to arrive, and runs them through one ``predictor.predict_batch`` — so N simultaneous users
+    cost a few batched model calls instead of N serial ones, and each gets its result as soon as its
+    batch is done. Between models, the faster one per image goes first (see ``CALL_BUDGET_MS``).
+    Thread-safe; the wrapped predictor is used from the dispatcher thread only, which holds only a weak
+    reference to this object, so a dropped model is freed."""
 
     def __init__(self, predictor, max_batch: int = 8, window_s: float = 0.01):
         import queue
@@ -122,7 +137,12 @@ class BatchingPredictor:
         self.window_s = float(window_s)
         self._queue: "queue.Queue" = queue.Queue()
         self.batches: list[int] = []  # sizes of the model calls made (for tests and benchmarks)
-        self._thread = threading.Thread(target=self._loop, name="cvs-batcher", daemon=True)
+        self.ms_per_image: float | None = None  # measured per call, smoothed
+        self._busy = False  # holding or running requests
+        with _GATE:
+            _DISPATCHERS.add(self)
+        self._thread = threading.Thread(target=_dispatch, args=(weakref.ref(self), self._queue),
+                                        name="cvs-batcher", daemon=True)
         self._thread.start()
 
     def __getattr__(self, name):  # name, manifest, config, codec … of the wrapped predictor
@@ -149,37 +169,86 @@ class BatchingPredictor:
         extra = {} if spacing_mm is None else {"spacing_mm": spacing_mm}
         return self.predictor.predict_batch(images, roi=roi, **extra)
 
-    def _loop(self):
+    def _faster_model_busy(self) -> bool:
+        """Another model with a smaller measured time per image has requests waiting or running."""
+        mine = self.ms_per_image
+        return mine is not None and any(
+            d is not self and d.ms_per_image is not None and d.ms_per_image < mine and (d._busy or d._queue.qsize())
+            for d in list(_DISPATCHERS))
+
+    def _gather(self, pending: list) -> None:
+        """Add to ``pending`` what arrives within ``window_s`` (up to ``max_batch``)."""
         import queue
         import time as _time
-        pending: list = []
-        while True:
-            if not pending:
-                pending.append(self._queue.get())
-            deadline = _time.monotonic() + self.window_s
-            while len(pending) < self.max_batch:
-                left = deadline - _time.monotonic()
-                try:
-                    pending.append(self._queue.get(timeout=max(0.0, left)) if left > 0 else self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            key = self._group_key(pending[0][1])
-            batch = [r for r in pending if self._group_key(r[1]) == key]
-            pending = [r for r in pending if self._group_key(r[1]) != key]
+        deadline = _time.monotonic() + self.window_s
+        while len(pending) < self.max_batch:
+            left = deadline - _time.monotonic()
             try:
-                results = self._run([r[0] for r in batch], batch[0][1])
-                self.batches.append(len(batch))
-                for (_, _, fut), res in zip(batch, results):
-                    fut.set_result(res)
-            except BaseException as exc:  # noqa: BLE001 - one bad image must not fail the others
-                if len(batch) == 1:
-                    batch[0][2].set_exception(exc)
-                    continue
-                for image, roi, fut in batch:  # retry one by one so each caller gets its own error
-                    try:
-                        fut.set_result(self._run([image], roi)[0])
-                    except BaseException as one:  # noqa: BLE001
-                        fut.set_exception(one)
+                pending.append(self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait())
+            except queue.Empty:
+                return
+
+    def _serve(self, pending: list) -> list:
+        """Run one model call for the first group of ``pending``; returns the requests left."""
+        import time as _time
+        key = self._group_key(pending[0][1])
+        group = [r for r in pending if self._group_key(r[1]) == key]
+        limit = self.max_batch
+        if self.ms_per_image:
+            limit = max(1, min(limit, int(CALL_BUDGET_MS / self.ms_per_image)))
+        batch = group[:limit]
+        rest = group[limit:] + [r for r in pending if self._group_key(r[1]) != key]
+        with _GATE:
+            until = _time.monotonic() + MAX_DEFER_S
+            while self._faster_model_busy() and _time.monotonic() < until:
+                _GATE.wait(0.02)
+        try:
+            t0 = _time.perf_counter()
+            results = self._run([r[0] for r in batch], batch[0][1])
+            ms = (_time.perf_counter() - t0) * 1e3 / len(batch)
+            self.ms_per_image = ms if self.ms_per_image is None else 0.7 * self.ms_per_image + 0.3 * ms
+            self.batches.append(len(batch))
+            for (_, _, fut), res in zip(batch, results):
+                fut.set_result(res)
+        except BaseException as exc:  # noqa: BLE001 - one bad image must not fail the others
+            if len(batch) == 1:
+                batch[0][2].set_exception(exc)
+                return rest
+            for image, roi, fut in batch:  # retry one by one so each caller gets its own error
+                try:
+                    fut.set_result(self._run([image], roi)[0])
+                except BaseException as one:  # noqa: BLE001
+                    fut.set_exception(one)
+        return rest
+
+
+def _dispatch(ref: "weakref.ref[BatchingPredictor]", requests) -> None:
+    """The dispatcher thread of one BatchingPredictor; ends once that object is gone."""
+    import queue
+    pending: list = []
+    while True:
+        if not pending:
+            me = ref()
+            if me is not None:
+                me._busy = False
+                del me
+            with _GATE:
+                _GATE.notify_all()
+            try:
+                pending.append(requests.get(timeout=IDLE_CHECK_S))
+            except queue.Empty:
+                if ref() is None:
+                    return
+                continue
+        me = ref()
+        if me is None:  # cannot happen while a caller waits (it holds the object); be safe anyway
+            for _, _, fut in pending:
+                fut.set_exception(RuntimeError("the model was unloaded"))
+            return
+        me._busy = True
+        me._gather(pending)
+        pending = me._serve(pending)
+        del me
 
 
 _POOL: ModelPool | None = None

@@ -300,6 +300,72 @@ def test_batching_predictor_takes_any_roi_and_a_spacing():
     assert bp.predict(np.zeros((4, 4)), roi="seed") == ("seed", None)  # the dispatcher is still alive
 
 
+class _Timed:
+    """A fake model: ``seconds`` per image; with ``gate`` set, its calls wait for that event first."""
+
+    def __init__(self, name, seconds, log, gate=None):
+        self.name, self.seconds, self.log, self.gate = name, seconds, log, gate
+
+    def predict_batch(self, images, roi=None):
+        if self.gate is not None:
+            self.gate.wait(10)
+        self.log.append((self.name, "start", len(images), time.perf_counter()))
+        time.sleep(self.seconds * len(images))
+        self.log.append((self.name, "end", len(images), time.perf_counter()))
+        return [self.name for _ in images]
+
+
+def test_the_faster_model_goes_first_and_slow_calls_are_cut_short():
+    """Under load the model that is faster per image runs before a slower model's waiting batch, and a
+    slow model's batch holds about CALL_BUDGET_MS of work (one image here), so nobody's quick first
+    result waits behind another user's slow one."""
+    from cvs_core.pool import BatchingPredictor
+
+    log = []
+    gate = threading.Event()
+    gate.set()
+    fast_model, slow_model = _Timed("fast", 0.01, log, gate), _Timed("slow", 0.3, log)
+    fast, slow = BatchingPredictor(fast_model), BatchingPredictor(slow_model)
+    assert fast.predict(np.zeros(2)) == "fast" and slow.predict(np.zeros(2)) == "slow"  # measured once each
+    assert fast.ms_per_image < slow.ms_per_image
+    log.clear()
+    gate.clear()  # the fast model's next call hangs until released: it stays busy
+    users = [threading.Thread(target=fast.predict, args=(np.zeros(2),))]
+    users += [threading.Thread(target=slow.predict, args=(np.zeros(2),)) for _ in range(3)]
+    users[0].start()
+    time.sleep(0.1)
+    for u in users[1:]:
+        u.start()
+    time.sleep(0.4)
+    assert not any(name == "slow" for name, *_ in log)  # the slow model waits for the busy fast one
+    gate.set()
+    for u in users:
+        u.join(10)
+    fast_end = next(t for name, what, _, t in log if name == "fast" and what == "end")
+    slow_starts = [(n, t) for name, what, n, t in log if name == "slow" and what == "start"]
+    assert slow_starts and all(t >= fast_end for _, t in slow_starts)
+    assert [n for n, _ in slow_starts] == [1, 1, 1]  # 300 ms per image: one image per call
+
+
+def test_a_dropped_batcher_frees_its_model(monkeypatch):
+    """The dispatcher thread holds only a weak reference: dropping the BatchingPredictor (a model
+    deleted or evicted from the pool) frees the model and ends the thread."""
+    import gc
+    import weakref
+
+    from cvs_core import pool
+
+    monkeypatch.setattr(pool, "IDLE_CHECK_S", 0.1)
+    model = _Timed("dropped", 0.0, [])
+    bp = pool.BatchingPredictor(model)
+    assert bp.predict(np.zeros(2)) == "dropped"
+    thread, alive = bp._thread, weakref.ref(model)
+    del bp, model
+    gc.collect()
+    thread.join(5)
+    assert alive() is None and not thread.is_alive()
+
+
 def test_batched_predictions_equal_single_ones():
     from cvs_core.imaging import read_image
     from cvs_core.pool import ModelPool
