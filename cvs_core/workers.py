@@ -77,7 +77,7 @@ class WorkerPool:
     def __init__(self, name_or_dir: str | Path, workers: int = 2, threads: int | None = None, engine: str = "tf"):
         from cvs_core.codecs import codec_from_dict
         from cvs_core.preprocess import PreprocessConfig
-        from cvs_core.registry import read_manifest, resolve_model
+        from cvs_core.registry import WEIGHTS, read_manifest, resolve_model, unpack_model_folder
         from cvs_core.tta import TestTimeShifts
 
         if int(workers) < 1:
@@ -89,6 +89,8 @@ class WorkerPool:
         self.codec = codec_from_dict(self.manifest["codec"])
         self.tta = TestTimeShifts.from_manifest(self.manifest)
         self.threads = max(1, (os.cpu_count() or 1) // int(workers)) if threads is None else max(1, int(threads))
+        if self.manifest.get("packed_weights") and not (self.folder / WEIGHTS).is_file():
+            unpack_model_folder(self.folder)  # once here, not by every worker at the same time
         ctx = mp.get_context("spawn")  # never fork a process that may already run TensorFlow threads
         self._conns, self._procs = [], []
         for _ in range(int(workers)):

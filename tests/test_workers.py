@@ -88,3 +88,21 @@ def test_cli_workers_gives_the_same_report(tiny_model_dir, dataset, tmp_path, mo
     with pytest.raises(SystemExit):
         main(common + ["--workers", "0", "--out", str(tmp_path / "zero")])
     assert "--workers must be between 1 and" in capsys.readouterr().err
+
+
+def test_a_packed_model_is_unpacked_once_before_the_workers_start(tiny_model_dir, dataset, tmp_path):
+    """Packed int8 weights (the shipped InceptionResNetV2) are unpacked by the pool itself, so two
+    workers never rebuild the same model.keras at the same time."""
+    from cvs_core import registry
+    from cvs_core.packing import pack_weights
+
+    folder = tmp_path / "packed"
+    manifest = registry.read_manifest(tiny_model_dir)
+    manifest["packed_weights"] = pack_weights(registry.load_keras_model(tiny_model_dir), folder)
+    manifest.pop("weights_sha256")
+    registry.write_manifest(folder, manifest)
+    assert not (folder / "model.keras").exists()
+    with WorkerPool(folder, workers=1) as p:
+        assert (folder / "model.keras").is_file()
+        _, in_roi, _ = p.predict_paths(dataset.image_paths[:2])
+    assert np.isfinite(in_roi).all()
