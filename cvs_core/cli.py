@@ -221,9 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--no-cache", action="store_true")
     s.add_argument("--workers", type=_workers_arg, default=1,
-                   help="model processes, one TensorFlow thread each (default 1); on a CPU, 2 per 2 cores "
-                        "evaluate ≈ 1.4× faster once started (each loads the model: worth it for a few "
-                        "hundred images or more)")
+                   help="CPU model processes sharing the cores (default 1); on 2 cores, --workers 2 predicts "
+                        "≈ 1.4× faster once started (each loads its own copy of the model, ≈ 4 s for the U-Net: "
+                        "worth it for a few hundred images or more; on a GPU keep 1)")
     _add_no_tta(s)
     s.set_defaults(func=cmd_evaluate)
 

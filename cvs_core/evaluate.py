@@ -392,7 +392,7 @@ def evaluate_models(models: Sequence, dataset: Dataset, roi=None, threshold_mm: 
         if hasattr(m, "predict_batch") or hasattr(m, "predict_paths"):
             holder = nullcontext(m)
         elif workers > 1:
-            holder = WorkerPool(m, workers=workers)
+            holder = WorkerPool(m, workers=workers, start=False)  # not started on a cache hit
         else:
             holder = nullcontext(Predictor.load(m))
         with holder as predictor:

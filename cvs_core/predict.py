@@ -149,8 +149,9 @@ class Predictor:
     ``predict(image)`` takes a greyscale ``(H, W)`` array (uint8, or wider and range-scaled).
     ``engine`` picks the runtime of the model call (:data:`cvs_core.engines.ENGINES`): ``"tf"``
     (default), ``"tf-xla"``, ``"onnx"`` (ONNX Runtime) or ``"openvino"``; see :mod:`cvs_core.engines`.
-    ``max_batch``: larger batches are fed to the model in chunks of at most this many images
-    (default :func:`cvs_core.engines.default_max_batch`: 2 on a CPU-only TensorFlow, else no limit).
+    ``max_batch``: larger batches are fed to the model in chunks of at most this many model inputs
+    (default :func:`cvs_core.engines.default_max_batch`: 2 on a CPU-only TensorFlow, else no limit),
+    rounded down to whole images but never less than one image's test-time copies (5 inputs then).
     """
 
     def __init__(self, folder: Path, warmup: bool = True, engine: str = "tf", max_batch: int | None = None):
@@ -216,7 +217,7 @@ class Predictor:
         return self.model.predict_on_batch  # compiled (jit) by Keras on the other backends
 
     def _run(self, batch: np.ndarray, copies: int = 1) -> np.ndarray:
-        """``(N, H, W, C)`` float32 → the model's output for the batch, in chunks of ``max_batch``.
+        """``(N, H, W, C)`` float32 → the model's output for the batch, in chunks of about ``max_batch``.
 
         ``copies``: consecutive inputs that belong to one image (test-time shifts); a chunk always
         holds whole images, so the copies of one image share a model call (measured: the

@@ -301,69 +301,114 @@ def test_batching_predictor_takes_any_roi_and_a_spacing():
 
 
 class _Timed:
-    """A fake model: ``seconds`` per image; with ``gate`` set, its calls wait for that event first."""
+    """A fake model: ``seconds`` per image; with ``gate`` set, each call says it started (``started``)
+    and then waits for ``gate``."""
 
     def __init__(self, name, seconds, log, gate=None):
         self.name, self.seconds, self.log, self.gate = name, seconds, log, gate
+        self.started = threading.Event()
 
     def predict_batch(self, images, roi=None):
-        if self.gate is not None:
-            self.gate.wait(10)
         self.log.append((self.name, "start", len(images), time.perf_counter()))
+        self.started.set()
+        if self.gate is not None:
+            self.gate.wait(30)
         time.sleep(self.seconds * len(images))
         self.log.append((self.name, "end", len(images), time.perf_counter()))
         return [self.name for _ in images]
 
 
-def test_the_faster_model_goes_first_and_slow_calls_are_cut_short():
+def _wait_for(condition, timeout_s=10.0):
+    end = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < end:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_the_faster_model_goes_first_and_slow_calls_are_cut_short(monkeypatch):
     """Under load the model that is faster per image runs before a slower model's waiting batch, and a
     slow model's batch holds about CALL_BUDGET_MS of work (one image here), so nobody's quick first
     result waits behind another user's slow one."""
-    from cvs_core.pool import BatchingPredictor
+    from cvs_core import pool
 
+    monkeypatch.setattr(pool, "MAX_DEFER_S", 60.0)  # no waiting out on a slow machine
     log = []
     gate = threading.Event()
     gate.set()
     fast_model, slow_model = _Timed("fast", 0.01, log, gate), _Timed("slow", 0.3, log)
-    fast, slow = BatchingPredictor(fast_model), BatchingPredictor(slow_model)
+    fast, slow = pool.BatchingPredictor(fast_model), pool.BatchingPredictor(slow_model)
     assert fast.predict(np.zeros(2)) == "fast" and slow.predict(np.zeros(2)) == "slow"  # measured once each
     assert fast.ms_per_image < slow.ms_per_image
     log.clear()
-    gate.clear()  # the fast model's next call hangs until released: it stays busy
+    gate.clear()
+    fast_model.started.clear()
     users = [threading.Thread(target=fast.predict, args=(np.zeros(2),))]
-    users += [threading.Thread(target=slow.predict, args=(np.zeros(2),)) for _ in range(3)]
     users[0].start()
-    time.sleep(0.1)
+    assert fast_model.started.wait(10)  # the fast model is now busy until the gate opens
+    users += [threading.Thread(target=slow.predict, args=(np.zeros(2),)) for _ in range(3)]
     for u in users[1:]:
         u.start()
-    time.sleep(0.4)
-    assert not any(name == "slow" for name, *_ in log)  # the slow model waits for the busy fast one
+    assert _wait_for(lambda: slow._busy and slow._queue.qsize() == 0)  # the slow dispatcher holds them
+    time.sleep(0.3)
+    assert [e for e in log if e[0] == "slow"] == []  # and waits for the busy fast model
     gate.set()
     for u in users:
-        u.join(10)
+        u.join(30)
     fast_end = next(t for name, what, _, t in log if name == "fast" and what == "end")
     slow_starts = [(n, t) for name, what, n, t in log if name == "slow" and what == "start"]
     assert slow_starts and all(t >= fast_end for _, t in slow_starts)
     assert [n for n, _ in slow_starts] == [1, 1, 1]  # 300 ms per image: one image per call
 
 
-def test_a_dropped_batcher_frees_its_model(monkeypatch):
-    """The dispatcher thread holds only a weak reference: dropping the BatchingPredictor (a model
-    deleted or evicted from the pool) frees the model and ends the thread."""
-    import gc
+def test_a_slow_model_is_not_starved(monkeypatch):
+    """With the faster model busy for longer than MAX_DEFER_S, the slower one runs anyway after that
+    wait, and its next call does not wait again."""
+    from cvs_core import pool
+
+    monkeypatch.setattr(pool, "MAX_DEFER_S", 0.3)
+    log = []
+    gate = threading.Event()
+    gate.set()
+    fast_model, slow_model = _Timed("fast", 0.01, log, gate), _Timed("slow", 0.05, log)
+    fast, slow = pool.BatchingPredictor(fast_model), pool.BatchingPredictor(slow_model)
+    fast.predict(np.zeros(2)), slow.predict(np.zeros(2))
+    gate.clear()
+    fast_model.started.clear()
+    stuck = threading.Thread(target=fast.predict, args=(np.zeros(2),))
+    stuck.start()
+    assert fast_model.started.wait(10)
+    t0 = time.perf_counter()
+    assert slow.predict(np.zeros(2)) == "slow"  # waited out the 0.3 s
+    t1 = time.perf_counter()
+    assert slow.predict(np.zeros(2)) == "slow"  # no second wait
+    t2 = time.perf_counter()
+    gate.set()
+    stuck.join(30)
+    assert t1 - t0 >= 0.3 and slow._waited_out is False
+    assert t2 - t1 < t1 - t0
+
+
+def test_a_dropped_model_is_freed_with_its_batcher(monkeypatch, tmp_path):
+    """The pool holds the BatchingPredictor next to its model and the dispatcher thread only a weak
+    reference: discarding the model (deleted or evicted) frees it and ends the thread."""
+    import json
     import weakref
 
     from cvs_core import pool
 
     monkeypatch.setattr(pool, "IDLE_CHECK_S", 0.1)
-    model = _Timed("dropped", 0.0, [])
-    bp = pool.BatchingPredictor(model)
-    assert bp.predict(np.zeros(2)) == "dropped"
-    thread, alive = bp._thread, weakref.ref(model)
-    del bp, model
-    gc.collect()
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"name": "m", "weights_sha256": "1"}))
+    p = pool.ModelPool(2, loader=lambda f: _Timed("dropped", 0.0, []))
+    bp = p.get_batched(folder)
+    assert p.get_batched(folder) is bp and bp.predict(np.zeros(2)) == "dropped"
+    thread, alive = bp._thread, weakref.ref(bp.predictor)
+    del bp
+    assert p.discard(folder) == 1
+    assert alive() is None  # freed at once: no reference cycle left for the collector
     thread.join(5)
-    assert alive() is None and not thread.is_alive()
+    assert not thread.is_alive()
 
 
 def test_batched_predictions_equal_single_ones():

@@ -57,18 +57,33 @@ def test_a_model_that_cannot_load_is_reported_and_nothing_keeps_running(tiny_mod
     broken = tmp_path / "broken"
     shutil.copytree(tiny_model_dir, broken)
     (broken / "model.keras").write_bytes(b"truncated")
+    import multiprocessing
+
+    before = {c.pid for c in multiprocessing.active_children()}
     with pytest.raises(WorkerError, match="could not load"):
-        WorkerPool(broken, workers=1)
+        WorkerPool(broken, workers=2)
+    assert {c.pid for c in multiprocessing.active_children()} <= before  # nothing of that pool left running
     with pytest.raises(ValueError, match="workers must be"):
         WorkerPool(tiny_model_dir, workers=0)
 
 
-def test_close_stops_the_processes(tiny_model_dir):
+def test_close_stops_the_processes_and_a_dead_worker_is_reported(tiny_model_dir, dataset):
+    import multiprocessing
+    import os
+    import signal
+
+    lazy = WorkerPool(tiny_model_dir, workers=1, start=False)
+    assert lazy._procs == []  # nothing started until the first prediction
+    lazy.close()
     p = WorkerPool(tiny_model_dir, workers=1)
-    procs = list(p._procs)
-    assert all(pr.is_alive() for pr in procs)
-    p.close()
-    assert not any(pr.is_alive() for pr in procs)
+    pid = p._procs[0].pid
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(WorkerError, match="died"):
+        p.predict_paths(dataset.image_paths[:2])
+    # the failed call closed the pool: no stale reply can reach a later call, nothing is left running
+    with pytest.raises(WorkerError, match="closed"):
+        p.predict_paths(dataset.image_paths[:2])
+    assert not [c for c in multiprocessing.active_children() if c.name == "cvs-eval-worker" and c.pid == pid]
     p.close()  # idempotent
 
 
