@@ -114,7 +114,7 @@ class ModelPool:
 # first (shortest job first), so under load everyone's quick first result is not queued behind another
 # user's slow one; a slower model waits at most MAX_DEFER_S for the faster one, and its batches are cut
 # to about CALL_BUDGET_MS of work, so one call never blocks the faster model for long. Measured with
-# bench/load.py (docs/benchmarks.md, "Hosting"): 20 sessions' first result p50 1.6–1.8 s → 0.82–0.88 s.
+# bench/load.py (docs/benchmarks.md, "Hosting"), 20 sessions, interleaved runs: first result p50 1.40 → 1.08 s.
 # A model that waited the full MAX_DEFER_S does not wait before its next call (no starvation).
 CALL_BUDGET_MS = 500.0
 MAX_DEFER_S = 2.0
