@@ -9,8 +9,8 @@ On N phantoms written to a temporary folder (default 64):
     ``model.predict(x[None])`` → decode → ROI frame, in plain Python (the same Keras model,
     preprocessing and codec as ours), as the study's notebook does;
 (b) ours (:class:`Ours`): ``cvs_core.evaluate.predict_dataset``, cache off, on ``--workers`` model
-    processes (:class:`cvs_core.workers.WorkerPool`, one TensorFlow thread each, each reading its own
-    images; default 2) or, with ``--workers 1``, one in-process ``Predictor`` (the next batch read on a
+    processes (:class:`cvs_core.workers.WorkerPool`, the cores shared out — one TensorFlow thread each on
+    2 cores — each reading its own images; default 2) or, with ``--workers 1``, one in-process ``Predictor`` (the next batch read on a
     helper thread, one compiled call per batch, fed in chunks of ``Predictor.max_batch``).
 Both are loaded and warmed up first (model load, worker start and tracing excluded from the timing;
 the worker start is printed). Timing (:func:`compare`): the
