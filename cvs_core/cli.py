@@ -22,17 +22,14 @@ def _roi_arg(text: str):
     return box
 
 
-MAX_WORKERS = 16  # evaluation processes (each holds a copy of the model)
-
-
 def _workers_arg(text: str) -> int:
+    from cvs_core.limits import LimitError, check_eval_workers, limits
+
     try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--workers must be a whole number, got {text!r}")
-    if not 1 <= n <= MAX_WORKERS:
-        raise argparse.ArgumentTypeError(f"--workers must be between 1 and {MAX_WORKERS}, got {n}")
-    return n
+        return check_eval_workers(int(text))
+    except (ValueError, LimitError):
+        raise argparse.ArgumentTypeError(f"--workers must be between 1 and {limits().max_eval_workers} "
+                                         f"(CVS_LIMIT_MAX_EVAL_WORKERS), got {text!r}") from None
 
 
 MAX_SYNTH = 100_000  # phantoms per synth call (≈ 90 KB each on disk)

@@ -146,6 +146,30 @@ def _save_cached(path: Path, names, pred, conf, ms) -> None:
                             ms_per_image=np.float64(ms))
 
 
+def _predict_in_process(predictor, dataset: Dataset, batch_size: int, roi, extra: dict, pred: np.ndarray,
+                        conf: np.ndarray, progress: Progress | None) -> None:
+    """Fill ``pred (n, 19, 2)`` and ``conf (n, 19)`` batch by batch, the next batch read on a helper thread."""
+    n = len(dataset)
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+
+    def load(idx):
+        return [read_grey(dataset.image_paths[i]) for i in idx]
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvs-read") as pool:
+        pending = pool.submit(load, batches[0]) if batches else None
+        for b, idx in enumerate(batches):
+            images = pending.result()
+            pending = pool.submit(load, batches[b + 1]) if b + 1 < len(batches) else None
+            results = predictor.predict_batch(images, roi=roi, **extra)
+            del images
+            for i, r in zip(idx, results):
+                pred[i] = r.landmarks if roi == "auto" else r.landmarks_roi
+                conf[i] = r.confidence
+            del results
+            if progress:
+                progress(idx[-1] + 1, n)
+
+
 def predict_dataset(predictor, dataset: Dataset, roi=None, batch_size: int = 8, cache_dir: Path | None = None,
                     progress: Progress | None = None, use_cache: bool = True, tta: bool = True) -> PredictionSet:
     """Run ``predictor`` over every image of ``dataset`` in batches → :class:`PredictionSet`.
@@ -189,26 +213,8 @@ def predict_dataset(predictor, dataset: Dataset, roi=None, batch_size: int = 8, 
                                                      progress=(lambda k: progress(k, n)) if progress else None,
                                                      **extra)
         pred = full if roi == "auto" else in_roi
-        batches = []
     else:
-        batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
-
-    def load(idx):
-        return [read_grey(dataset.image_paths[i]) for i in idx]
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvs-read") as pool:
-        pending = pool.submit(load, batches[0]) if batches else None
-        for b, idx in enumerate(batches):
-            images = pending.result()
-            pending = pool.submit(load, batches[b + 1]) if b + 1 < len(batches) else None
-            results = predictor.predict_batch(images, roi=roi, **extra)
-            del images
-            for i, r in zip(idx, results):
-                pred[i] = r.landmarks if roi == "auto" else r.landmarks_roi
-                conf[i] = r.confidence
-            del results
-            if progress:
-                progress(idx[-1] + 1, n)
+        _predict_in_process(predictor, dataset, batch_size, roi, extra, pred, conf, progress)
     ms = (time.perf_counter() - t0) * 1e3 / max(n, 1)
     if use_cache:
         try:

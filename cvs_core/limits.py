@@ -22,7 +22,8 @@ What is bounded, and where it is checked:
   edge (it is padded) but by at most the image's own size;
 - **the phantom cache** (:func:`evict_cache_folders`): oldest folders removed beyond
   :attr:`Limits.max_phantom_cache_bytes`;
-- **concurrent jobs per user** (:func:`job_slot`).
+- **concurrent jobs per user** (:func:`job_slot`);
+- **evaluation worker processes** (:func:`check_eval_workers`, called by ``workers.WorkerPool``).
 
 Every refusal raises :class:`LimitError` (a ``ValueError``) whose message names the limit and the
 environment variable that raises it.
@@ -64,6 +65,7 @@ class Limits:
     max_input_side: int = 1024              # input_size sides of a rebuilt architecture
     max_phantom_cache_bytes: int = 1 * GB   # $CVS_HOME/cache/phantoms_* folders together
     max_jobs_per_user: int = 2              # concurrent predictions/evaluations/runs of one user
+    max_eval_workers: int = 16              # model processes of one evaluation (each holds the model)
 
     @staticmethod
     def env_name(field_name: str) -> str:
@@ -301,6 +303,15 @@ def job_slot(user: str, lim: Limits | None = None, wait_s: float = 0.0):
 
 
 # ----------------------------------------------------------------------------- landmark coordinates
+def check_eval_workers(n: int, lim: Limits | None = None) -> int:
+    """``n`` model processes for one evaluation, between 1 and :attr:`Limits.max_eval_workers`."""
+    lim = lim or limits()
+    if not 1 <= int(n) <= lim.max_eval_workers:
+        raise LimitError(f"evaluation workers must be between 1 and {lim.max_eval_workers}, got {n} "
+                         f"{_hint('max_eval_workers')}")
+    return int(n)
+
+
 def check_landmarks(landmarks, image_hw: tuple[int, int] | None = None, label: str = "landmarks"):
     """Validate landmark coordinates ``(19, 2)`` or ``(N, 19, 2)`` (x, y) before drawing or scoring.
 

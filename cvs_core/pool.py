@@ -52,7 +52,9 @@ class ModelPool:
 
     def get(self, name_or_dir: str | Path):
         """The loaded model for a name or folder (loading it on first use)."""
-        key = self.key(name_or_dir)
+        return self._get(self.key(name_or_dir))
+
+    def _get(self, key: tuple[str, str]):
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
@@ -94,8 +96,8 @@ class ModelPool:
     def get_batched(self, name_or_dir: str | Path) -> BatchingPredictor:
         """The model wrapped in a :class:`BatchingPredictor` (one per loaded model, shared; held by the
         pool next to the model, so dropping the model drops it too)."""
-        model = self.get(name_or_dir)
         key = self.key(name_or_dir)
+        model = self._get(key)
         with self._lock:
             wrapped = self._batchers.get(key)
             if wrapped is None or wrapped.predictor is not model:

@@ -98,15 +98,16 @@ class WorkerPool:
         from cvs_core.registry import read_manifest, resolve_model
         from cvs_core.tta import TestTimeShifts
 
-        if int(workers) < 1:
-            raise ValueError(f"workers must be ≥ 1, got {workers}")
+        from cvs_core.limits import check_eval_workers
+
+        workers = check_eval_workers(workers)
         self.folder = Path(resolve_model(name_or_dir))
         self.manifest = read_manifest(self.folder)
         self.name = self.manifest.get("name", self.folder.name)
         self.config = PreprocessConfig.from_dict(self.manifest["preprocess"])
         self.codec = codec_from_dict(self.manifest["codec"])
         self.tta = TestTimeShifts.from_manifest(self.manifest)
-        self.workers = int(workers)
+        self.workers = workers
         self.threads = max(1, usable_cores() // self.workers) if threads is None else max(1, int(threads))
         self.engine = engine
         self._conns: list = []

@@ -67,6 +67,14 @@ def test_a_model_that_cannot_load_is_reported_and_nothing_keeps_running(tiny_mod
         WorkerPool(tiny_model_dir, workers=0)
 
 
+def test_the_number_of_workers_is_a_lab_limit(tiny_model_dir, monkeypatch):
+    from cvs_core.limits import LimitError
+
+    monkeypatch.setenv("CVS_LIMIT_MAX_EVAL_WORKERS", "1")
+    with pytest.raises(LimitError, match="CVS_LIMIT_MAX_EVAL_WORKERS"):
+        WorkerPool(tiny_model_dir, workers=2, start=False)
+
+
 def test_close_stops_the_processes_and_a_dead_worker_is_reported(tiny_model_dir, dataset):
     import multiprocessing
     import os
